@@ -1,0 +1,2 @@
+"""permrl: spatiotemporal self-supervision with a learned permutation policy."""
+__version__ = "0.1.0"

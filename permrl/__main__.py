@@ -1,0 +1,3 @@
+from permrl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""One validated configuration: nested dataclasses, YAML files, dotted overrides, two presets.
+
+Resolution order: dataclass defaults (the `cpu` preset) <- preset <- YAML file <- `--set key=value`.
+Every key is checked on load: an unknown key or a bad value is a `ConfigError` whose one-line
+message names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration: one line naming the key."""
+
+
+@dataclass
+class DataConfig:
+    images: str = "demo"  # image source, "KIND:PATH" (see README)
+    workers: int = 1  # DataLoader worker processes (0 = load in the main process)
+
+
+@dataclass
+class ModelConfig:
+    width: float = 0.25  # channel multiplier of CaffeNet (1.0 = paper)
+    conv1_stride: int = 2  # on puzzle tiles; evaluation has its own (eval.conv1_stride)
+    fc6: int = 256  # per-tile fc6 units
+    fc7: int = 1024
+    dropout: float = 0.5
+    channels_last: bool = True
+
+
+@dataclass
+class SpatialConfig:
+    grid: int = 3  # m: the image is cut into m x m cells
+    cell: int = 36  # cell size in px; the puzzle image is grid*cell px square
+    tile: int = 32  # tile cut from each cell (cell - tile = jitter range)
+    permutations: int = 100  # |Psi_S|
+    criterion: str = "maxmin"  # Hamming selection: maxmin | maxmean
+    permutation_seed: int = 0
+    include_identity: bool = False
+    permutation_file: str | None = None  # a saved set overrides count/criterion/seed
+    grey_prob: float = 0.3  # fraction of images turned grey
+    colour_jitter: float = 0.2  # per-tile saturation/gamma jitter strength
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # constant | cosine | step
+    warmup_steps: int = 100
+    step_size: int = 100_000  # for schedule=step: lr x0.1 every step_size steps
+    val_size: int = 100  # |X_val|: held-out images, excluded from training
+    val_every: int = 500  # held-out puzzle accuracy every N steps (0 = only at the end)
+    log_every: int = 20
+    checkpoint_every: int = 500
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads (0 = torch default)
+
+
+@dataclass
+class EvalConfig:
+    input_size: int = 64  # evaluation images (paper: 227)
+    conv1_stride: int = 2  # paper: 4 on 227 px images, same weights as training
+    layer: str = "pool5"
+
+
+@dataclass
+class Config:
+    preset: str = "cpu"
+    seed: int = 0
+    tasks: list[str] = field(default_factory=lambda: ["spatial"])
+    sampler: str = "uniform"  # how permutations are drawn: uniform (a learned policy later)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # width 1/4, conv1 stride 2, 32 px tiles: ~60-80 ms per batch of 64 puzzles on 2 CPU cores.
+    "cpu": {},
+    # Full CaffeNet widths, 225 px image, 75 px cells, 64 px tiles, 1000 permutations,
+    # SGD as in the jigsaw solver the paper builds on; 227 px evaluation at conv1 stride 4.
+    "paper": {
+        "model": {"width": 1.0, "conv1_stride": 2, "fc6": 512, "fc7": 4096},
+        "spatial": {"cell": 75, "tile": 64, "permutations": 1000},
+        "train": {
+            "optimizer": "sgd", "lr": 0.01, "batch_size": 256, "schedule": "step",
+            "step_size": 62_500, "steps": 350_000, "warmup_steps": 0,
+            "val_every": 5000, "checkpoint_every": 5000, "log_every": 50,
+        },
+        "eval": {"input_size": 227, "conv1_stride": 4},
+        "data": {"workers": 8},
+    },
+}
+
+CHOICES = {
+    "preset": tuple(PRESETS),
+    "tasks": ("spatial",),
+    "sampler": ("uniform",),
+    "spatial.criterion": ("maxmin", "maxmean"),
+    "train.optimizer": ("adam", "sgd"),
+    "train.schedule": ("constant", "cosine", "step"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "eval.layer": ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"),
+}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check (and gently convert) one leaf value against its type hint."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(key, v, args[0]) for v in value]
+    if args and type(None) in args:  # Optional[X]
+        if value is None or value == "null":
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unhandled type {hint} for {key}")
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested dict of updates to a dataclass instance, checking every key and type."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {updates!r}")
+    hints = get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {full!r}; allowed here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, hints[key]))
+
+
+def _positive(cfg: Config) -> list[str]:
+    return [
+        "model.conv1_stride", "model.fc6", "model.fc7", "spatial.grid", "spatial.cell",
+        "spatial.tile", "spatial.permutations", "train.steps", "train.batch_size",
+        "train.val_size", "train.log_every", "train.checkpoint_every", "train.step_size",
+        "eval.input_size", "eval.conv1_stride",
+    ]
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks; every failure is a one-line ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        value = get(cfg, key)
+        for v in value if isinstance(value, list) else [value]:
+            if v not in allowed:
+                raise ConfigError(f"{key}: {v!r} is not one of {', '.join(allowed)}")
+    for key in _positive(cfg):
+        if get(cfg, key) <= 0:
+            raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
+    for key in ("data.workers", "train.warmup_steps", "train.val_every", "train.threads",
+                "train.weight_decay", "train.momentum", "model.dropout",
+                "spatial.grey_prob", "spatial.colour_jitter"):
+        if get(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
+    if cfg.model.width <= 0 or cfg.train.lr <= 0:
+        raise ConfigError("model.width and train.lr must be positive")
+    if cfg.model.dropout >= 1:
+        raise ConfigError(f"model.dropout: must be below 1, got {cfg.model.dropout}")
+    if cfg.spatial.grey_prob > 1:
+        raise ConfigError(f"spatial.grey_prob: must be at most 1, got {cfg.spatial.grey_prob}")
+    s = cfg.spatial
+    if s.tile > s.cell:
+        raise ConfigError(f"spatial.tile: {s.tile} px is larger than spatial.cell ({s.cell} px)")
+    if s.grid * s.grid > 12:
+        raise ConfigError(f"spatial.grid: {s.grid}x{s.grid} tiles is too many (at most 3x3)")
+    n_max = math.factorial(s.grid * s.grid)
+    if s.permutations > n_max:
+        raise ConfigError(
+            f"spatial.permutations: {s.permutations} exceeds the {n_max} permutations of "
+            f"{s.grid * s.grid} tiles"
+        )
+    if not cfg.tasks:
+        raise ConfigError("tasks: at least one task is needed (spatial)")
+    return cfg
+
+
+def get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'train.lr=0.01' -> {'train': {'lr': 0.01}}; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()
+) -> Config:
+    """Defaults <- preset <- YAML file <- overrides, validated."""
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_values = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0]
+            raise ConfigError(f"config {path} is not valid YAML: {first}") from None
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"config {path}: expected a mapping at the top level")
+    layers = [file_values] + [parse_override(o) for o in overrides]
+    name = preset or next((lay["preset"] for lay in reversed(layers) if "preset" in lay), "cpu")
+    if name not in PRESETS:
+        raise ConfigError(f"preset: {name!r} is not one of {', '.join(PRESETS)}")
+    cfg = Config()
+    _merge(cfg, PRESETS[name])
+    for layer in layers:
+        _merge(cfg, layer)
+    cfg.preset = name
+    return validate(cfg)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a resolved config (e.g. from a checkpoint)."""
+    cfg = Config()
+    _merge(cfg, values)
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

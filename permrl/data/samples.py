@@ -1,0 +1,150 @@
+"""Jigsaw puzzles built in batch on tensors (SPEC 3, spatial samples).
+
+Image (square, grid*cell px) -> m x m grid of cells -> from each cell a tile (random position
+inside the cell: jitter; centred for deterministic validation views) -> per-tile colour jitter ->
+per-tile, per-channel normalisation (std 0 -> 1) -> tiles reordered by a permutation (Eq. 1).
+All of it on (B, 3, S, S) tensors, no per-sample Python loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PuzzleGeometry:
+    """An m x m grid of `cell` px cells, a `tile` px tile cut from each cell."""
+
+    grid: int
+    cell: int
+    tile: int
+
+    def __post_init__(self) -> None:
+        if self.grid < 2:
+            raise ValueError(f"grid must be >= 2, got {self.grid}")
+        if not 0 < self.tile <= self.cell:
+            raise ValueError(f"tile ({self.tile}) must be in 1..cell ({self.cell})")
+
+    @property
+    def image_size(self) -> int:
+        return self.grid * self.cell
+
+    @property
+    def num_tiles(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def max_jitter(self) -> int:
+        return self.cell - self.tile
+
+
+def tile_boxes(geometry: PuzzleGeometry, offsets: torch.Tensor) -> torch.Tensor:
+    """Top-left (row, col) of every tile, in raster order of the cells.
+
+    offsets: (..., m*m, 2) integer offsets of each tile inside its cell; they are clamped to
+    0..cell-tile, so a box can never leave its cell (and so never the image).
+    Returns (..., m*m, 2) = cell origin + clamped offset.
+    """
+    g = geometry
+    cells = torch.arange(g.num_tiles, device=offsets.device)
+    origin = torch.stack((cells // g.grid, cells % g.grid), dim=-1) * g.cell
+    return origin + offsets.long().clamp(0, g.max_jitter)
+
+
+def random_offsets(batch: int, geometry: PuzzleGeometry, generator=None, device=None):
+    """Uniform jitter of each tile inside its cell: (B, m*m, 2)."""
+    return torch.randint(
+        0, geometry.max_jitter + 1, (batch, geometry.num_tiles, 2),
+        generator=generator, device=device,
+    )
+
+
+def centre_offsets(batch: int, geometry: PuzzleGeometry, device=None) -> torch.Tensor:
+    """The deterministic view: every tile centred in its cell."""
+    return torch.full((batch, geometry.num_tiles, 2), geometry.max_jitter // 2, device=device)
+
+
+def cut_tiles(images: torch.Tensor, boxes: torch.Tensor, tile: int) -> torch.Tensor:
+    """(B, C, S, S) images, (B, n, 2) boxes -> (B, n, C, tile, tile) by one gather."""
+    b, n = boxes.shape[:2]
+    span = torch.arange(tile, device=images.device)
+    rows = (boxes[..., 0, None] + span)[:, :, :, None]  # (B, n, t, 1)
+    cols = (boxes[..., 1, None] + span)[:, :, None, :]  # (B, n, 1, t)
+    batch_idx = torch.arange(b, device=images.device)[:, None, None, None]
+    tiles = images.permute(0, 2, 3, 1)[batch_idx, rows, cols]  # (B, n, t, t, C)
+    return tiles.permute(0, 1, 4, 2, 3).contiguous()
+
+
+def normalise_tiles(tiles: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per tile and channel: subtract the mean, divide by the std (std 0 -> 1)."""
+    std, mean = torch.std_mean(tiles, dim=(-2, -1), keepdim=True, correction=0)
+    std = torch.where(std < eps, torch.ones_like(std), std)
+    return (tiles - mean) / std
+
+
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """Luma (ITU-R 601) replicated over the channel dim (dim -3)."""
+    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
+    luma = (x * w[:, None, None]).sum(dim=-3, keepdim=True)
+    return luma.expand_as(x)
+
+
+def colour_jitter(tiles: torch.Tensor, strength: float, generator=None) -> torch.Tensor:
+    """Per-tile saturation and gamma jitter on [0, 1] tiles (B, n, 3, t, t).
+
+    A per-channel gain or offset would be undone by the per-channel normalisation, so the jitter
+    is non-linear (gamma) and mixes channels (saturation).
+    """
+    if strength <= 0:
+        return tiles
+    shape = (*tiles.shape[:2], 1, 1, 1)
+    u = torch.rand((2, *shape), generator=generator, device=tiles.device)
+    saturation = 1 + strength * (2 * u[0] - 1)
+    gamma = torch.exp(strength * (2 * u[1] - 1))
+    grey = to_grey(tiles)
+    tiles = (grey + saturation * (tiles - grey)).clamp(0, 1)
+    return tiles.clamp_min(1e-6) ** gamma
+
+
+def make_tiles(
+    images: torch.Tensor,
+    geometry: PuzzleGeometry,
+    *,
+    train: bool = True,
+    grey_prob: float = 0.3,
+    jitter_strength: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 (B, 3, S, S) images -> normalised tiles (B, m*m, 3, tile, tile) in grid order.
+
+    `train=False` gives the deterministic validation view (centred tiles, no jitter, no grey).
+    This part does not depend on the permutation, so it can run in DataLoader workers.
+    """
+    b, _, h, w = images.shape
+    g = geometry
+    if h != g.image_size or w != g.image_size:
+        raise ValueError(f"images are {h}x{w}, the puzzle geometry needs {g.image_size} px")
+    x = images.float().div_(255)
+    dev = images.device
+    if train:
+        offsets = random_offsets(b, g, generator, dev)
+        if grey_prob > 0:
+            grey = torch.rand(b, generator=generator, device=dev) < grey_prob
+            x = torch.where(grey[:, None, None, None], to_grey(x), x)
+    else:
+        offsets = centre_offsets(b, g, dev)
+    tiles = cut_tiles(x, tile_boxes(g, offsets), g.tile)
+    if train:
+        tiles = colour_jitter(tiles, jitter_strength, generator)
+    return normalise_tiles(tiles)
+
+
+def shuffle_tiles(
+    tiles: torch.Tensor, permutations: torch.Tensor, perm_index: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 1: output position k of sample b holds tile permutations[perm_index[b], k]."""
+    order = permutations.to(tiles.device)[perm_index.to(tiles.device)]  # (B, n)
+    view = order.view(*order.shape, *([1] * (tiles.dim() - 2)))
+    return torch.take_along_dim(tiles, view, dim=1)

@@ -1,0 +1,281 @@
+"""Nearest-neighbour retrieval on frozen features (SPEC 7, paper Table 1 and Fig. 5).
+
+Test items are queries, training items the gallery, similarity is the cosine of flattened
+features (pool5 by default). A query is a hit at k if its class is among the classes of its k
+nearest gallery items (recall@k, not a weighted vote). Ties are broken by gallery index, so the
+numbers are exact and reproducible; they are computed without sorting, from the rank of the
+first same-class gallery item.
+
+BatchNorm statistics are re-estimated on the gallery images by default (fair for every network,
+random init included); the stored statistics remain an option.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from permrl.data.samples import normalise_tiles
+from permrl.models.trunk import BLOCKS
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    """L2-normalise the rows of a (N, D) tensor; a zero row stays zero."""
+    x = x.reshape(x.shape[0], -1)
+    if not x.is_floating_point():
+        x = x.float()
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return torch.where(norm > 0, x / torch.where(norm > 0, norm, torch.ones_like(norm)), 0.0)
+
+
+def first_hit_rank(
+    query: Tensor, query_labels: Tensor, gallery: Tensor, gallery_labels: Tensor, chunk: int = 1024
+) -> Tensor:
+    """Per query, the 0-based rank of its first same-class gallery item (-1: none in gallery).
+
+    Ranking is by cosine similarity, descending, ties by gallery index ascending. The rank is
+    #(sim > s*) + #(sim == s* and index < i*), where s* is the best same-class similarity and
+    i* the lowest index reaching it. Negative labels are "no class" and never match.
+    Memory is O(chunk * len(gallery)).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    q, g = _unit_rows(query), _unit_rows(gallery)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"feature sizes differ: queries {q.shape[1]}, gallery {g.shape[1]}")
+    dtype = torch.promote_types(q.dtype, g.dtype)
+    q, g = q.to(dtype), g.to(dtype)
+    ql = torch.as_tensor(query_labels, device=q.device).reshape(-1).long()
+    gl = torch.as_tensor(gallery_labels, device=g.device).reshape(-1).long()
+    if ql.numel() != q.shape[0] or gl.numel() != g.shape[0]:
+        raise ValueError("need one label per query and per gallery item")
+    n_gallery = g.shape[0]
+    index = torch.arange(n_gallery, device=g.device)
+    ranks = torch.empty(q.shape[0], dtype=torch.long)
+    for start in range(0, q.shape[0], chunk):
+        sim = q[start : start + chunk] @ g.T  # (c, G)
+        labels = ql[start : start + chunk]
+        same = (labels[:, None] == gl[None, :]) & (gl[None, :] >= 0)
+        s_star = torch.where(same, sim, float("-inf")).amax(dim=1, keepdim=True)
+        best = same & (sim == s_star)
+        i_star = torch.where(best, index, n_gallery).amin(dim=1, keepdim=True)
+        rank = (sim > s_star).sum(1) + ((sim == s_star) & (index < i_star)).sum(1)
+        ranks[start : start + chunk] = torch.where(same.any(1), rank, -1).cpu()
+    return ranks
+
+
+def retrieval_topk(
+    query: Tensor,
+    query_labels: Tensor,
+    gallery: Tensor,
+    gallery_labels: Tensor,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk: int = 1024,
+) -> dict[str, Any]:
+    """Recall@k of cosine nearest-neighbour retrieval, ties broken by gallery index.
+
+    Returns {"top1": fraction, ..., "queries": n, "gallery": n, "skipped_k": [...]}; a k larger
+    than the gallery is left out (listed in "skipped_k", with a warning), not clipped. Queries
+    whose class is absent from the gallery never hit.
+    """
+    n_query, n_gallery = int(query.shape[0]), int(gallery.shape[0])
+    if n_query == 0 or n_gallery == 0:
+        raise ValueError(f"need queries and gallery items, got {n_query} and {n_gallery}")
+    ks = [int(k) for k in ks]
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be at least 1, got {ks}")
+    kept = sorted({k for k in ks if k <= n_gallery})
+    skipped = sorted({k for k in ks if k > n_gallery})
+    if skipped:
+        msg = f"top-k for k={skipped} left out: the gallery has only {n_gallery} items"
+        warnings.warn(msg, stacklevel=2)
+    ranks = first_hit_rank(query, query_labels, gallery, gallery_labels, chunk)
+    found = ranks >= 0
+    out: dict[str, Any] = {}
+    for k in kept:
+        out[f"top{k}"] = (found & (ranks < k)).sum().item() / n_query
+    out.update(queries=n_query, gallery=n_gallery, skipped_k=skipped)
+    return out
+
+
+def normalise_images(images: Tensor) -> Tensor:
+    """uint8 (B, 3, S, S) -> float, each image and channel to mean 0, std 1 (std 0 -> 1).
+
+    The same normalisation the jigsaw tiles get in training (each tile by its own statistics).
+    """
+    return normalise_tiles(images.float().div(255))
+
+
+def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of `module` that keep running statistics."""
+    kinds = nn.modules.batchnorm._BatchNorm
+    return [m for m in module.modules() if isinstance(m, kinds) and m.track_running_stats]
+
+
+def reestimate_bn(
+    trunk: nn.Module, batches: Iterable[Tensor], upto: str, conv1_stride: int | None
+) -> nn.Module:
+    """A copy of `trunk` in eval mode whose BN running statistics come from `batches`.
+
+    Running stats are reset and re-accumulated as a cumulative average (momentum=None, every
+    batch weighted by its size, so equal batches give exactly PyTorch's cumulative average) in
+    train mode without gradients, up to block `upto`. BN layers the forward never reaches keep
+    their stored statistics. `trunk` itself is left untouched.
+    """
+    model = copy.deepcopy(trunk)
+    bns = _batchnorms(model)
+    stored = {id(bn): (bn.momentum, copy.deepcopy(bn.state_dict())) for bn in bns}
+    for bn in bns:
+        bn.reset_running_stats()
+    device = next(model.parameters()).device
+    seen = 0
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            n = int(x.shape[0])
+            if n == 0:
+                continue
+            for bn in bns:
+                bn.momentum = n / (seen + n)
+            model(x.to(device), upto=upto, conv1_stride=conv1_stride)
+            seen += n
+    for bn in bns:
+        momentum, state = stored[id(bn)]
+        if int(bn.num_batches_tracked) == 0:
+            bn.load_state_dict(state)
+        bn.momentum = None if int(bn.num_batches_tracked) > 0 else momentum
+    if seen == 0:
+        warnings.warn("reestimate_bn got no images; stored BN statistics kept", stacklevel=2)
+    return model.eval()
+
+
+def extract_features(
+    trunk: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    upto: str,
+    conv1_stride: int | None,
+    device: str | torch.device,
+    normalise_input: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """Flattened block-`upto` features of every image the loader yields, in eval mode.
+
+    The loader yields collated dicts ("images", "index", "label", "skipped"). Returns
+    (features (N, D) float32 cpu, labels (N,), indices (N,), skipped descriptions), rows
+    ordered by dataset index. `normalise_input` applies `normalise_images` to uint8 images.
+    """
+    device = torch.device(device)
+    params = list(trunk.parameters())
+    model = trunk if not params or params[0].device == device else copy.deepcopy(trunk).to(device)
+    was_training = model.training
+    model.eval()
+    feats, labels, indices, skipped = [], [], [], []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                skipped.extend(batch.get("skipped", []))
+                x = batch["images"]
+                if x.shape[0] == 0:
+                    continue
+                x = normalise_images(x) if normalise_input else x.float()
+                y = model(x.to(device), upto=upto, conv1_stride=conv1_stride)
+                feats.append(y.flatten(1).float().cpu())
+                labels.append(torch.as_tensor(batch["label"]).long().reshape(-1))
+                indices.append(torch.as_tensor(batch["index"]).long().reshape(-1))
+    finally:
+        model.train(was_training)
+    if not feats:
+        empty = torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, 0), empty, empty.clone(), skipped
+    index = torch.cat(indices)
+    order = torch.argsort(index, stable=True)
+    return torch.cat(feats)[order], torch.cat(labels)[order], index[order], skipped
+
+
+def _image_dataset_api() -> tuple[Any, Any]:
+    """ImageDataset and collate_images from permrl.data (imported late: optional for retrieval)."""
+    from permrl.data.sources import ImageDataset, collate_images
+
+    return ImageDataset, collate_images
+
+
+def _require_labels(source: Any, role: str) -> None:
+    labels = torch.as_tensor(source.labels)
+    if labels.numel() == 0 or not bool((labels >= 0).any()):
+        raise ValueError(f"{role} source {source.name!r} has no labels; kNN retrieval needs them")
+
+
+def evaluate_knn(
+    trunk: nn.Module,
+    train_source: Any,
+    test_source: Any,
+    *,
+    layer: str = "pool5",
+    input_size: int,
+    conv1_stride: int | None,
+    bn_stats: Literal["gallery", "stored"] = "gallery",
+    batch_size: int = 128,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, Any]:
+    """kNN retrieval, test items as queries against training items (center crops).
+
+    With bn_stats="gallery" (default) BN statistics are re-estimated on the gallery images
+    first; "stored" keeps the trunk's own. The result holds the top-k recalls and the protocol.
+    """
+    if layer not in BLOCKS:
+        raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(BLOCKS)}")
+    if bn_stats not in ("gallery", "stored"):
+        raise ValueError(f"bn_stats must be 'gallery' or 'stored', not {bn_stats!r}")
+    _require_labels(train_source, "train")
+    _require_labels(test_source, "test")
+    image_dataset, collate = _image_dataset_api()
+
+    def loader(source: Any) -> DataLoader:
+        dataset = image_dataset(source, input_size, crop="center")
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
+        )
+
+    device = torch.device(device)
+    model = copy.deepcopy(trunk).to(device)
+    if bn_stats == "gallery":
+        gallery_batches = (normalise_images(b["images"]) for b in loader(train_source))
+        model = reestimate_bn(model, gallery_batches, layer, conv1_stride)
+    g_feat, g_lab, _, g_skip = extract_features(
+        model, loader(train_source), layer, conv1_stride, device
+    )
+    q_feat, q_lab, _, q_skip = extract_features(
+        model, loader(test_source), layer, conv1_stride, device
+    )
+    result = retrieval_topk(q_feat, q_lab, g_feat, g_lab, ks=ks)
+    bn_text = (
+        "BN statistics re-estimated on the gallery images"
+        if bn_stats == "gallery"
+        else "the trunk's stored BN statistics"
+    )
+    result.update(
+        layer=layer,
+        bn_stats=bn_stats,
+        train_source=str(train_source.name),
+        test_source=str(test_source.name),
+        input_size=input_size,
+        conv1_stride=conv1_stride,
+        feature_dim=int(g_feat.shape[1]),
+        skipped=len(g_skip) + len(q_skip),
+        protocol=(
+            f"cosine similarity of flattened {layer} features ({input_size} px center crops, "
+            "per-image per-channel normalised), test items as queries and training items as "
+            "gallery, recall@k (hit if the query's class is among its k nearest), ties broken "
+            f"by gallery index, {bn_text}."
+        ),
+    )
+    return result

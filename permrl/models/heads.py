@@ -1,0 +1,97 @@
+"""Ordering heads (SPEC 4): which permutation of Psi was applied?
+
+Spatial head: fc6 per tile -> concatenate the m*m fc6 outputs in input order -> fc7 -> fc(|Psi_S|).
+The first layer after the concatenation (fc7) is kept as one Linear whose weight splits into
+blocks W_k, one per input position k, so the policy state can be computed exactly from cached
+per-tile features (SPEC 6).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TileFC6(nn.Module):
+    """fc6 applied to each tile (frame) independently: flatten pool5 -> Linear -> ReLU."""
+
+    def __init__(self, in_features: int, fc6_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, fc6_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, pool5: torch.Tensor) -> torch.Tensor:
+        return self.dropout(torch.relu(self.fc(pool5.flatten(1))))
+
+
+class SpatialHead(nn.Module):
+    """fc6 per tile -> concat (input order) -> fc7 -> ReLU -> fc over |Psi_S|."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tiles: int,
+        num_permutations: int,
+        fc6_dim: int = 512,
+        fc7_dim: int = 4096,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.num_tiles = num_tiles
+        self.fc6 = TileFC6(in_features, fc6_dim, dropout)
+        self.fc7 = nn.Linear(num_tiles * fc6_dim, fc7_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(fc7_dim, num_permutations)
+
+    def tile_features(self, pool5: torch.Tensor) -> torch.Tensor:
+        """(B*m*m, C, H, W) trunk output -> (B, m*m, fc6) per-tile features."""
+        f = self.fc6(pool5)
+        return f.view(-1, self.num_tiles, f.shape[-1])
+
+    def classify(self, group_features: torch.Tensor) -> torch.Tensor:
+        """(B, m*m, fc6) features in puzzle order -> (B, |Psi|) logits."""
+        h = torch.relu(self.fc7(group_features.flatten(1)))
+        return self.classifier(self.dropout(h))
+
+    def forward(self, pool5: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.tile_features(pool5))
+
+
+class JigsawNet(nn.Module):
+    """Trunk + spatial head: (B, m*m, 3, t, t) puzzles -> (B, |Psi_S|) logits, one trunk call."""
+
+    def __init__(
+        self, trunk: nn.Module, spatial_head: SpatialHead, channels_last: bool = False
+    ) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.spatial_head = spatial_head
+        self.channels_last = channels_last  # ~20% faster convolutions on CPU
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        x = tiles.flatten(0, 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.spatial_head(self.trunk(x))
+
+
+def permutation_logits(
+    head: SpatialHead, tile_features: torch.Tensor, permutations: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """Logits of every permutation applied to every sample, from cached fc6 features (SPEC 6).
+
+    tile_features: (V, n, d) fc6 outputs of the unshuffled tiles; permutations: (P, n).
+    Returns (V, P, |Psi|). Exact in eval mode: fc7 is linear in the concatenation, so
+    fc7(concat(f_psi1..f_psin)) = b + sum_k W_k f_psik; W_k f_i is computed once for all
+    positions k and tiles i, then each permutation costs n vector additions.
+    """
+    v, n, d = tile_features.shape
+    w = head.fc7.weight.view(-1, n, d)  # (fc7, n, d): W_k is w[:, k, :]
+    projected = torch.einsum("ond,vid->vnio", w, tile_features)  # (V, k, i, fc7)
+    positions = torch.arange(n, device=tile_features.device)
+    out = []
+    for start in range(0, permutations.shape[0], chunk):
+        psi = permutations[start : start + chunk].to(tile_features.device)  # (p, n)
+        h = projected[:, positions, psi].sum(dim=2) + head.fc7.bias  # (V, p, fc7)
+        out.append(head.classifier(torch.relu(h)))
+    return torch.cat(out, dim=1)

@@ -1,0 +1,382 @@
+"""Permutation sets Psi (SPEC section 2, paper Sect. 3.1).
+
+Greedy maximal-Hamming selection of a permutation set, the Eq. 1 convention for applying a
+permutation to parts, and validated, checksummed storage of a set.
+
+Convention (Eq. 1): applying ``psi`` to parts ``(x_1, ..., x_n)`` gives ``(x_psi1, ..., x_psin)``,
+i.e. output position ``k`` holds part ``psi[k]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CRITERIA",
+    "PermutationFileError",
+    "all_permutations",
+    "apply_permutation",
+    "hamming_stats",
+    "invert_permutation",
+    "load_permutations",
+    "permutation_checksum",
+    "save_permutations",
+    "select_permutations",
+    "validate_permutations",
+]
+
+CRITERIA = ("maxmin", "maxmean")
+MAX_ENUMERATED_SIZE = 10  # size! candidates are enumerated up to this size, pooled above
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
+
+
+class PermutationFileError(ValueError):
+    """A permutation set (on disk or in memory) is missing, unreadable or invalid."""
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
+# --------------------------------------------------------------------------------------------
+
+
+def all_permutations(size: int) -> np.ndarray:
+    """All ``size!`` permutations of ``0..size-1`` in lexicographic order, uint8 ``(size!, size)``.
+
+    Built vectorised: the permutations with first element ``i`` are ``i`` followed by the
+    permutations of ``size - 1`` with every value ``>= i`` shifted up by one (order-preserving).
+    """
+    if not 1 <= size <= MAX_ENUMERATED_SIZE:
+        raise ValueError(f"all_permutations: size must be in 1..{MAX_ENUMERATED_SIZE}, got {size}")
+    perms = np.zeros((1, 0), dtype=np.uint8)
+    for m in range(1, size + 1):
+        rows = len(perms)
+        out = np.empty((m * rows, m), dtype=np.uint8)
+        for i in range(m):
+            block = out[i * rows : (i + 1) * rows]
+            block[:, 0] = i
+            block[:, 1:] = perms + (perms >= i)
+        perms = out
+    return perms
+
+
+def _random_pool(
+    size: int, pool_size: int, first: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``pool_size`` distinct seeded random permutations (uint8), ``first`` at row 0."""
+    pool_size = min(pool_size, math.factorial(size))
+    rows = [first.astype(np.uint8)[None]]
+    have = 1
+    seen = {first.astype(np.uint8).tobytes()}
+    identity = np.arange(size, dtype=np.uint8)
+    while have < pool_size:
+        want = pool_size - have
+        draw = rng.permuted(np.tile(identity, (want + want // 8 + 16, 1)), axis=1)
+        keep = []
+        for r, row in enumerate(draw):
+            key = row.tobytes()
+            if key not in seen:
+                seen.add(key)
+                keep.append(r)
+                if len(keep) == want:
+                    break
+        rows.append(draw[keep])
+        have += len(keep)
+    return np.concatenate(rows)
+
+
+def select_permutations(
+    count: int,
+    size: int,
+    seed: int = 0,
+    criterion: str = "maxmin",
+    include_identity: bool = False,
+    pool_size: int = 200_000,
+) -> np.ndarray:
+    """Greedily choose ``count`` distinct permutations of ``0..size-1``, far apart in Hamming.
+
+    Starts from a seeded random permutation (the identity if ``include_identity``), then adds the
+    candidate with the largest minimum (``maxmin``) or mean (``maxmean``) Hamming distance to the
+    chosen ones; ties go to the lowest candidate index. Candidates are all ``size!``
+    permutations (lexicographic) for ``size <= 10``, else a seeded random pool of ``pool_size``
+    distinct permutations. A running min/sum keeps the cost at O(count * candidates * size).
+    Returns an int64 array ``(count, size)``.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    if size < 2:
+        raise ValueError(f"permutation size must be >= 2, got {size}")
+    if size > 255:
+        raise ValueError(f"permutation size must be <= 255, got {size}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    n_fact = math.factorial(size)
+    if count > n_fact:
+        raise ValueError(
+            f"cannot choose {count} distinct permutations of size {size}: only {size}! = {n_fact}"
+        )
+
+    rng = np.random.default_rng(seed)
+    if include_identity:
+        first = np.arange(size, dtype=np.int64)
+    else:
+        first = rng.permutation(size).astype(np.int64)
+
+    if size <= MAX_ENUMERATED_SIZE:
+        cands = all_permutations(size)
+        first_idx = _lexicographic_rank(first)
+    else:
+        if count > pool_size:
+            raise ValueError(
+                f"count {count} exceeds the candidate pool_size {pool_size} for size {size}"
+            )
+        cands = _random_pool(size, pool_size, first, rng)
+        first_idx = 0
+
+    cols = np.ascontiguousarray(cands.T)  # (size, N): one contiguous row per position
+    n_cands = cols.shape[1]
+    dist = np.empty(n_cands, dtype=np.uint8)
+    mismatch = np.empty(n_cands, dtype=np.bool_)
+    if criterion == "maxmin":
+        score = np.full(n_cands, 255, dtype=np.uint8)  # running min over the chosen set
+    else:
+        score = np.zeros(n_cands, dtype=np.int64)  # running sum over the chosen set
+    chosen_score = np.iinfo(np.int64).min // 2  # maxmean: masks chosen candidates for good
+
+    chosen = np.empty(count, dtype=np.int64)
+    idx = first_idx
+    for step in range(count):
+        chosen[step] = idx
+        if step == count - 1:
+            break
+        perm = cands[idx]
+        np.not_equal(cols[0], perm[0], out=mismatch)
+        dist[:] = mismatch
+        for k in range(1, size):
+            np.not_equal(cols[k], perm[k], out=mismatch)
+            dist += mismatch
+        if criterion == "maxmin":
+            np.minimum(score, dist, out=score)  # chosen candidates reach 0 and stay there
+        else:
+            score += dist
+            score[idx] = chosen_score
+        idx = int(np.argmax(score))  # first maximum: lowest candidate index wins ties
+    return cands[chosen].astype(np.int64)
+
+
+def _lexicographic_rank(perm: np.ndarray) -> int:
+    """Index of ``perm`` in the lexicographic enumeration of all permutations of its size."""
+    n = len(perm)
+    rank = 0
+    remaining = list(range(n))
+    for k, v in enumerate(perm.tolist()):
+        pos = remaining.index(v)
+        rank += pos * math.factorial(n - 1 - k)
+        remaining.pop(pos)
+    return rank
+
+
+def hamming_stats(perms: Any) -> dict[str, float]:
+    """Minimum, mean and maximum pairwise Hamming distance over distinct pairs of rows."""
+    arr = np.asarray(perms)
+    if arr.ndim != 2 or arr.shape[0] < 2:
+        raise ValueError(f"hamming_stats needs a 2-D array with >= 2 rows, got shape {arr.shape}")
+    m, n = arr.shape
+    chunk = max(1, (1 << 24) // max(1, m * n))
+    lo, hi, total = n + 1, -1, 0
+    for a in range(0, m - 1, chunk):
+        b = min(a + chunk, m - 1)
+        block = (arr[a:b, None, :] != arr[None, :, :]).sum(-1)  # (b - a, m)
+        upper = np.arange(m)[None, :] > np.arange(a, b)[:, None]
+        vals = block[upper]
+        lo, hi, total = min(lo, int(vals.min())), max(hi, int(vals.max())), total + int(vals.sum())
+    pairs = m * (m - 1) // 2
+    return {"min": lo, "mean": total / pairs, "max": hi}
+
+
+# --------------------------------------------------------------------------------------------
+# Applying permutations (Eq. 1)
+# --------------------------------------------------------------------------------------------
+
+
+def apply_permutation(parts: ArrayOrTensor, perm: Any, dim: int = 1) -> ArrayOrTensor:
+    """Reorder ``parts`` along ``dim`` so that output position ``k`` holds part ``perm[k]`` (Eq. 1).
+
+    ``perm`` is one permutation ``(n,)`` or a batch ``(B, n)``; a batch is applied row-wise to
+    ``parts`` of shape ``(B, ..., n, ...)`` with ``n`` at ``dim`` (``dim`` must not be 0).
+    Works on numpy arrays and torch tensors (the result keeps the type of ``parts``).
+    """
+    is_torch = isinstance(parts, torch.Tensor)
+    ndim = parts.dim() if is_torch else np.ndim(parts)
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"dim {dim} out of range for parts with {ndim} dimensions")
+    dim = dim % ndim
+    if is_torch:
+        index = torch.as_tensor(perm, device=parts.device).long()
+    else:
+        parts = np.asarray(parts)
+        index = np.asarray(perm).astype(np.int64, copy=False)
+    n = parts.shape[dim]
+    if index.ndim == 1:
+        if index.shape[0] != n:
+            raise ValueError(f"permutation of length {index.shape[0]} for {n} parts at dim {dim}")
+        if is_torch:
+            return parts.index_select(dim, index)
+        return np.take(parts, index, axis=dim)
+    if index.ndim != 2:
+        raise ValueError(f"perm must be (n,) or (B, n), got shape {tuple(index.shape)}")
+    if dim == 0:
+        raise ValueError("a batch of permutations needs dim >= 1 (dim 0 is the batch)")
+    if tuple(index.shape) != (parts.shape[0], n):
+        raise ValueError(
+            f"perm batch shape {tuple(index.shape)} does not match parts batch {parts.shape[0]}"
+            f" and {n} parts at dim {dim}"
+        )
+    view = [1] * ndim
+    view[0], view[dim] = parts.shape[0], n
+    if is_torch:
+        return torch.gather(parts, dim, index.reshape(view).expand(parts.shape))
+    full = np.broadcast_to(index.reshape(view), parts.shape)
+    return np.take_along_axis(parts, full, axis=dim)
+
+
+def invert_permutation(perm: ArrayOrTensor) -> ArrayOrTensor:
+    """Inverse permutation(s) along the last axis: ``inv[perm[k]] = k`` (single or batched)."""
+    if isinstance(perm, torch.Tensor):
+        idx = perm.long()
+        src = torch.arange(idx.shape[-1], device=idx.device).expand(idx.shape).contiguous()
+        return torch.empty_like(idx).scatter_(-1, idx, src)
+    idx = np.asarray(perm).astype(np.int64, copy=False)
+    inv = np.empty_like(idx)
+    src = np.broadcast_to(np.arange(idx.shape[-1], dtype=np.int64), idx.shape)
+    np.put_along_axis(inv, idx, src, axis=-1)
+    return inv
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and storage
+# --------------------------------------------------------------------------------------------
+
+
+def validate_permutations(perms: Any) -> np.ndarray:
+    """Check ``perms`` is a 2-D integer array of distinct permutations of ``0..n-1``.
+
+    Returns it as a C-contiguous int64 array; raises :class:`PermutationFileError` otherwise.
+    """
+    arr = np.asarray(perms)
+    if arr.ndim != 2:
+        raise PermutationFileError(f"expected a 2-D (count, size) array, got shape {arr.shape}")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise PermutationFileError(f"expected an integer array, got dtype {arr.dtype}")
+    count, n = arr.shape
+    if count < 1 or n < 1:
+        raise PermutationFileError(f"expected a non-empty (count, size) array, got {arr.shape}")
+    bad = ((arr < 0) | (arr >= n)).any(axis=1)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise PermutationFileError(f"row {r} has values outside 0..{n - 1}: {arr[r].tolist()}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    bad = (np.sort(arr, axis=1) != np.arange(n)).any(axis=1)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise PermutationFileError(f"row {r} repeats a value, not a permutation: {arr[r].tolist()}")
+    _, first, inverse = np.unique(arr, axis=0, return_index=True, return_inverse=True)
+    first_of_row = first[inverse.reshape(-1)]
+    dup = np.flatnonzero(first_of_row != np.arange(count))
+    if dup.size:
+        j = int(dup[0])
+        raise PermutationFileError(f"rows {int(first_of_row[j])} and {j} are the same permutation")
+    return arr
+
+
+def permutation_checksum(perms: Any) -> str:
+    """sha256 hex digest of the shape and the little-endian int64 C-contiguous bytes."""
+    arr = np.ascontiguousarray(np.asarray(perms), dtype="<i8")
+    digest = hashlib.sha256()
+    digest.update(("shape=" + ",".join(str(s) for s in arr.shape) + ";").encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _sidecar(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path) + ".json"
+
+
+def _atomic_write(path: str, write: Any) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_permutations(path: str | os.PathLike[str], perms: Any, seed: int, criterion: str) -> str:
+    """Write ``perms`` (int64 ``.npy``) and a ``path + ".json"`` sidecar, atomically.
+
+    The sidecar records checksum, seed, criterion, count and size. Returns the checksum.
+    """
+    arr = validate_permutations(perms)
+    checksum = permutation_checksum(arr)
+    meta = {
+        "checksum": checksum,
+        "seed": seed,
+        "criterion": criterion,
+        "count": int(arr.shape[0]),
+        "size": int(arr.shape[1]),
+    }
+    target = os.fspath(path)
+    _atomic_write(target, lambda fh: np.save(fh, arr, allow_pickle=False))
+    text = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+    _atomic_write(_sidecar(target), lambda fh: fh.write(text))
+    return checksum
+
+
+def load_permutations(path: str | os.PathLike[str]) -> np.ndarray:
+    """Load and validate a permutation set saved by :func:`save_permutations`.
+
+    Checks the file loads, holds distinct permutations, and matches its sidecar checksum when
+    a sidecar exists. Raises :class:`PermutationFileError` naming ``path`` otherwise.
+    """
+    target = os.fspath(path)
+    if not os.path.isfile(target):
+        raise PermutationFileError(f"{target}: permutation file not found")
+    try:
+        raw = np.load(target, allow_pickle=False)
+    except Exception as exc:  # any load failure becomes one clear error
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PermutationFileError(f"{target}: cannot load permutations ({msg})") from None
+    if not isinstance(raw, np.ndarray):
+        raise PermutationFileError(f"{target}: expected a single .npy array, not an archive")
+    try:
+        arr = validate_permutations(raw)
+    except PermutationFileError as exc:
+        raise PermutationFileError(f"{target}: {exc}") from None
+    sidecar = _sidecar(target)
+    if os.path.exists(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as fh:
+                expected = json.load(fh)["checksum"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PermutationFileError(f"{sidecar}: unreadable sidecar ({exc})") from None
+        actual = permutation_checksum(arr)
+        if actual != expected:
+            raise PermutationFileError(
+                f"{target}: checksum mismatch with {sidecar} (file {actual[:12]}..., "
+                f"sidecar {str(expected)[:12]}...)"
+            )
+    return arr

@@ -1,0 +1,301 @@
+"""Tests for permrl.permutations against independent, naive references."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from permrl.permutations import (
+    PermutationFileError,
+    all_permutations,
+    apply_permutation,
+    hamming_stats,
+    invert_permutation,
+    load_permutations,
+    permutation_checksum,
+    save_permutations,
+    select_permutations,
+    validate_permutations,
+)
+
+# ------------------------------------------------------------------ Eq. 1 convention
+
+
+def test_eq1_hand_example_numpy():
+    parts = np.array(["a", "b", "c"])
+    out = apply_permutation(parts, [2, 0, 1], dim=0)
+    assert out.tolist() == ["c", "a", "b"]
+
+
+def test_eq1_hand_example_torch():
+    parts = torch.tensor([10, 20, 30])  # stands for a, b, c
+    out = apply_permutation(parts, torch.tensor([2, 0, 1]), dim=0)
+    assert out.tolist() == [30, 10, 20]
+
+
+def test_eq1_single_perm_on_dim1_of_batch():
+    parts = torch.arange(2 * 3 * 4).reshape(2, 3, 4)
+    out = apply_permutation(parts, [2, 0, 1])
+    for b in range(2):
+        for k, src in enumerate([2, 0, 1]):
+            assert torch.equal(out[b, k], parts[b, src])
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_eq1_batched(backend):
+    perms = np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2]])
+    parts = np.arange(3 * 3 * 2 * 2).reshape(3, 3, 2, 2)  # (B, n, H, W)
+    if backend == "torch":
+        out = apply_permutation(torch.from_numpy(parts), torch.from_numpy(perms), dim=1)
+        assert isinstance(out, torch.Tensor)
+        out = out.numpy()
+    else:
+        out = apply_permutation(parts, perms, dim=1)
+    for b in range(3):
+        for k in range(3):
+            np.testing.assert_array_equal(out[b, k], parts[b, perms[b, k]])
+    # hand example inside the batch: row 0 is [a, b, c] -> [c, a, b]
+    letters = np.array([["a", "b", "c"]] * 3)
+    assert apply_permutation(letters, perms)[0].tolist() == ["c", "a", "b"]
+
+
+def test_batched_on_later_dim():
+    perms = torch.tensor([[1, 0], [0, 1]])
+    parts = torch.arange(2 * 3 * 2).reshape(2, 3, 2)
+    out = apply_permutation(parts, perms, dim=2)
+    assert torch.equal(out[0], parts[0].flip(-1))
+    assert torch.equal(out[1], parts[1])
+
+
+def test_apply_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        apply_permutation(np.zeros((2, 3)), [0, 1], dim=1)
+    with pytest.raises(ValueError):
+        apply_permutation(np.zeros((2, 3)), np.zeros((3, 3), dtype=int), dim=1)
+    with pytest.raises(ValueError):
+        apply_permutation(np.zeros((2, 2)), np.zeros((2, 2), dtype=int), dim=0)
+
+
+def test_invert_round_trip():
+    rng = np.random.default_rng(3)
+    perms = np.stack([rng.permutation(7) for _ in range(5)])
+    inv = invert_permutation(perms)
+    for p, q in zip(perms, inv, strict=True):
+        assert [p[q[k]] for k in range(7)] == list(range(7))
+        assert [q[p[k]] for k in range(7)] == list(range(7))
+    parts = torch.randn(5, 7, 3)
+    tp = torch.from_numpy(perms)
+    back = apply_permutation(apply_permutation(parts, tp), invert_permutation(tp))
+    assert torch.equal(back, parts)
+    single = invert_permutation(np.array([2, 0, 1]))
+    assert single.tolist() == [1, 2, 0]
+
+
+# ------------------------------------------------------------------ selection
+
+
+def test_all_permutations_lexicographic():
+    for n in range(1, 7):
+        ref = np.array(list(itertools.permutations(range(n))))
+        np.testing.assert_array_equal(all_permutations(n), ref)
+
+
+def _naive_scores(chosen: np.ndarray, cands: np.ndarray, criterion: str) -> np.ndarray:
+    dist = (chosen[:, None, :] != cands[None, :, :]).sum(-1)  # recomputed from scratch
+    return dist.min(0) if criterion == "maxmin" else dist.mean(0)
+
+
+@pytest.mark.parametrize("criterion", ["maxmin", "maxmean"])
+@pytest.mark.parametrize("size,count", [(4, 24), (5, 120)])
+def test_greedy_steps_are_optimal(criterion, size, count):
+    perms = select_permutations(count, size, seed=1, criterion=criterion)
+    cands = np.array(list(itertools.permutations(range(size))))
+    cand_index = {tuple(c): i for i, c in enumerate(cands.tolist())}
+    chosen_idx = [cand_index[tuple(p)] for p in perms.tolist()]
+    assert len(set(chosen_idx)) == count
+    for step in range(1, count):
+        scores = _naive_scores(perms[:step], cands, criterion).astype(float)
+        scores[chosen_idx[:step]] = -np.inf
+        best = scores.max()
+        assert scores[chosen_idx[step]] == best, f"step {step} not optimal"
+        # deterministic tie break: lowest candidate index among the maximizers
+        assert chosen_idx[step] == int(np.flatnonzero(scores == best)[0])
+
+
+@pytest.mark.parametrize("criterion", ["maxmin", "maxmean"])
+def test_greedy_steps_size7(criterion):
+    count = 100
+    perms = select_permutations(count, 7, seed=5, criterion=criterion)
+    cands = all_permutations(7).astype(np.int64)
+    assert len(np.unique(perms, axis=0)) == count
+    dist = (cands[None, :, :] != perms[:, None, :]).sum(-1)  # (count, 5040)
+    chosen = [int(np.flatnonzero((cands == p).all(1))[0]) for p in perms]
+    for step in range(1, count):
+        prev = dist[:step]
+        scores = (prev.min(0) if criterion == "maxmin" else prev.sum(0)).astype(float)
+        scores[chosen[:step]] = -np.inf
+        assert scores[chosen[step]] == scores.max()
+
+
+def test_deterministic_and_seed_dependent():
+    a = select_permutations(30, 6, seed=7)
+    b = select_permutations(30, 6, seed=7)
+    c = select_permutations(30, 6, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.dtype == np.int64 and a.shape == (30, 6)
+    validate_permutations(a)
+
+
+def test_include_identity():
+    for criterion in ("maxmin", "maxmean"):
+        perms = select_permutations(10, 6, seed=3, criterion=criterion, include_identity=True)
+        assert perms[0].tolist() == list(range(6))
+    assert select_permutations(5, 12, include_identity=True, pool_size=500)[0].tolist() == list(
+        range(12)
+    )
+
+
+@pytest.mark.parametrize("criterion", ["maxmin", "maxmean"])
+def test_count_equals_factorial_returns_all(criterion):
+    perms = select_permutations(120, 5, seed=2, criterion=criterion)
+    ref = np.array(list(itertools.permutations(range(5))))
+    np.testing.assert_array_equal(np.unique(perms, axis=0), ref)
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="only 4! = 24"):
+        select_permutations(25, 4)
+    with pytest.raises(ValueError, match="size"):
+        select_permutations(1, 1)
+    with pytest.raises(ValueError, match="criterion"):
+        select_permutations(3, 4, criterion="maxmax")
+    with pytest.raises(ValueError, match="count"):
+        select_permutations(0, 4)
+    with pytest.raises(ValueError, match="pool_size"):
+        select_permutations(20, 11, pool_size=10)
+
+
+def test_pool_path_size11():
+    perms = select_permutations(20, 11, seed=0, pool_size=2000)
+    assert perms.shape == (20, 11) and perms.dtype == np.int64
+    validate_permutations(perms)
+    np.testing.assert_array_equal(perms, select_permutations(20, 11, seed=0, pool_size=2000))
+    assert not np.array_equal(perms, select_permutations(20, 11, seed=1, pool_size=2000))
+    assert hamming_stats(perms)["min"] >= 9  # greedy max-min keeps them far apart
+    validate_permutations(select_permutations(20, 13, criterion="maxmean", pool_size=300))
+
+
+def test_hamming_stats_vs_double_loop():
+    rng = np.random.default_rng(0)
+    perms = np.stack([rng.permutation(6) for _ in range(25)])
+    dists = [
+        int((perms[i] != perms[j]).sum())
+        for i in range(len(perms))
+        for j in range(i + 1, len(perms))
+    ]
+    stats = hamming_stats(perms)
+    assert stats["min"] == min(dists)
+    assert stats["max"] == max(dists)
+    assert stats["mean"] == pytest.approx(sum(dists) / len(dists))
+
+
+def test_maxmin_beats_maxmean_on_min_distance():
+    a = hamming_stats(select_permutations(100, 7, criterion="maxmin"))
+    b = hamming_stats(select_permutations(100, 7, criterion="maxmean"))
+    assert a["min"] >= b["min"]
+    assert b["mean"] >= a["mean"] - 0.5
+
+
+# ------------------------------------------------------------------ storage
+
+
+def test_checksum_depends_on_values_and_shape():
+    a = np.array([[0, 1, 2, 3], [1, 0, 3, 2]])
+    assert permutation_checksum(a) == permutation_checksum(a.astype(np.int32))
+    assert permutation_checksum(a) != permutation_checksum(a[::-1])
+    assert permutation_checksum(a) != permutation_checksum(a.reshape(4, 2))
+    assert len(permutation_checksum(a)) == 64
+
+
+def test_save_load_round_trip(tmp_path):
+    perms = select_permutations(40, 6, seed=4, criterion="maxmean")
+    path = tmp_path / "psi.npy"
+    checksum = save_permutations(path, perms, seed=4, criterion="maxmean")
+    meta = json.loads((tmp_path / "psi.npy.json").read_text())
+    assert meta == {
+        "checksum": checksum,
+        "seed": 4,
+        "criterion": "maxmean",
+        "count": 40,
+        "size": 6,
+    }
+    assert checksum == permutation_checksum(perms)
+    loaded = load_permutations(path)
+    assert loaded.dtype == np.int64
+    np.testing.assert_array_equal(loaded, perms)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["psi.npy", "psi.npy.json"]
+
+
+def _write(path, arr):
+    with open(path, "wb") as fh:  # bare np.save: no sidecar
+        np.save(fh, arr)
+
+
+def test_load_without_sidecar(tmp_path):
+    path = tmp_path / "p.npy"
+    _write(path, np.array([[0, 1, 2], [2, 1, 0]]))
+    assert load_permutations(path).tolist() == [[0, 1, 2], [2, 1, 0]]
+
+
+@pytest.mark.parametrize(
+    "arr,pattern",
+    [
+        (np.array([0, 1, 2]), "2-D"),
+        (np.array([[0.0, 1.0], [1.0, 0.0]]), "integer"),
+        (np.array([[0, 1, 2], [1, 2, 0], [2, 0, 1], [1, 2, 0]]), "rows 1 and 3"),
+        (np.array([[0, 1, 2], [0, 1, 3]]), "row 1 .*outside 0..2"),
+        (np.array([[0, 1, 2], [2, 0, 1], [-1, 0, 1]]), "row 2 .*outside"),
+        (np.array([[0, 1, 2], [1, 0, 2], [2, 2, 0]]), "row 2 repeats"),
+    ],
+)
+def test_load_errors(tmp_path, arr, pattern):
+    path = tmp_path / "bad.npy"
+    _write(path, arr)
+    with pytest.raises(PermutationFileError, match=pattern) as info:
+        load_permutations(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=pattern):  # same checks in memory
+        validate_permutations(arr)
+
+
+def test_load_checksum_mismatch(tmp_path):
+    perms = select_permutations(10, 5, seed=0)
+    path = tmp_path / "psi.npy"
+    save_permutations(path, perms, seed=0, criterion="maxmin")
+    edited = perms.copy()
+    edited[[0, 1]] = edited[[1, 0]]  # still a valid set, different bytes
+    _write(path, edited)
+    with pytest.raises(PermutationFileError, match="checksum mismatch"):
+        load_permutations(path)
+
+
+def test_load_missing_and_corrupt(tmp_path):
+    missing = tmp_path / "nope.npy"
+    with pytest.raises(PermutationFileError, match="not found") as info:
+        load_permutations(missing)
+    assert str(missing) in str(info.value)
+    corrupt = tmp_path / "corrupt.npy"
+    corrupt.write_bytes(b"not a numpy file")
+    with pytest.raises(PermutationFileError, match="cannot load") as info:
+        load_permutations(corrupt)
+    assert str(corrupt) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_factorial_sized_sets_are_small_enough():
+    assert math.factorial(9) == len(all_permutations(9))
