@@ -15,6 +15,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from permrl.models.trunk import block_size, min_input_size
+
 
 class ConfigError(ValueError):
     """A user error in a configuration: one line naming the key."""
@@ -32,7 +34,7 @@ class ModelConfig:
     conv1_stride: int = 2  # on puzzle tiles; evaluation has its own (eval.conv1_stride)
     fc6: int = 256  # per-tile fc6 units
     fc7: int = 1024
-    dropout: float = 0.5
+    dropout: float = 0.1  # after fc6 and fc7 (paper preset: 0.5, as in the jigsaw network)
     channels_last: bool = True
 
 
@@ -95,7 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Full CaffeNet widths, 225 px image, 75 px cells, 64 px tiles, 1000 permutations,
     # SGD as in the jigsaw solver the paper builds on; 227 px evaluation at conv1 stride 4.
     "paper": {
-        "model": {"width": 1.0, "conv1_stride": 2, "fc6": 512, "fc7": 4096},
+        "model": {"width": 1.0, "conv1_stride": 2, "fc6": 512, "fc7": 4096, "dropout": 0.5},
         "spatial": {"cell": 75, "tile": 64, "permutations": 1000},
         "train": {
             "optimizer": "sgd", "lr": 0.01, "batch_size": 256, "schedule": "step",
@@ -141,6 +143,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(value):
@@ -165,7 +172,7 @@ def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             raise ConfigError(f"unknown key {full!r}; allowed here: {', '.join(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, f"{full}.")
+            _merge(current, {} if value is None else value, f"{full}.")
         else:
             setattr(obj, key, _coerce(full, value, hints[key]))
 
@@ -211,6 +218,13 @@ def validate(cfg: Config) -> Config:
             f"spatial.permutations: {s.permutations} exceeds the {n_max} permutations of "
             f"{s.grid * s.grid} tiles"
         )
+    for key, size, stride in (
+        ("spatial.tile", s.tile, cfg.model.conv1_stride),
+        ("eval.input_size", cfg.eval.input_size, cfg.eval.conv1_stride),
+    ):
+        if block_size(size, stride) < 1:
+            raise ConfigError(f"{key}: {size} px is too small for the trunk at conv1 stride "
+                              f"{stride}; pool5 needs at least {min_input_size(stride)} px")
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed (spatial)")
     return cfg

@@ -275,9 +275,13 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, force: bool) -> Pa
 
 def train(
     cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-    progress: bool = True,
+    progress: bool = True, stop_at: int | None = None,
 ) -> RunResult:
-    """Train the trunk by spatial jigsaw ordering; see the module docstring."""
+    """Train the trunk by spatial jigsaw ordering; see the module docstring.
+
+    `stop_at` ends the run early after that step with a checkpoint, as an interruption would;
+    `resume=True` continues it to `train.steps`.
+    """
     run_dir = Path(run_dir)
     resume_from = prepare_run_dir(run_dir, cfg, resume, force)
     ckpt = load_checkpoint(resume_from) if resume_from else None
@@ -387,9 +391,11 @@ def train(
             tqdm.write(f"step {done}: held-out puzzle accuracy {val_acc:.3f} "
                        f"({val_tiles.shape[0]} images x {len(permutations)} permutations)",
                        file=sys.stderr)
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+        if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):
             checkpoint(done)
         bar.update(1)
+        if done == stop_at:
+            break
     bar.close()
     if start >= cfg.train.steps and ckpt is not None:
         val_acc = puzzle_accuracy(model, val_tiles, permutations)

@@ -153,12 +153,20 @@ def _inside(dx: Any, dy: Any, cos: Any, sin: Any, a: Any, b: Any, rect: Any) -> 
     return np.where(rect, box, (along / a) ** 2 + (across / b) ** 2 <= 1.0)
 
 
-def dead_leaves(size: int, rng: np.random.Generator, shapes: int = 160) -> np.ndarray:
+def dead_leaves(
+    size: int, rng: np.random.Generator, shapes: int = 160, light: float = 0.6
+) -> np.ndarray:
     """A procedural "dead leaves" image, uint8 (size, size, 3), deterministic given `rng`.
 
     `shapes` discs, ellipses and rotated rectangles with radii of density ~ r^-3 (between
-    size/48 and size/2.5) and random colours are painted back to front over a gradient
-    background; each is flat, striped, a two-colour gradient or noisy.
+    size/48 and size/2.5) and random colours are painted back to front over a background that
+    is brighter at the top; each is flat, striped, a two-colour gradient or noisy.
+
+    `light` shades every shape as if lit from above (bright top, dark bottom edge) and darkens
+    the scene downwards. Without it the images are isotropic and a jigsaw puzzle cut from them
+    has no up/down cue: measured here, the `cpu` preset stayed at chance (loss ln|Psi|) for
+    300 steps on unlit dead leaves while it learned on photographs; light from above is the
+    most common such cue in natural images.
     """
     if size < 1:
         raise ValueError(f"size must be positive, not {size}")
@@ -176,9 +184,11 @@ def dead_leaves(size: int, rng: np.random.Generator, shapes: int = 160) -> np.nd
     freq = 2.0 * np.pi / rng.uniform(2.5, 10.0, n)
     phase = rng.uniform(0.0, 2.0 * np.pi, n)
     amp = rng.uniform(10.0, 40.0, n)
-    # Background: a gradient over the whole picture.
+    # Background: a vertical gradient over the whole picture, brighter at the top.
     cx[-1] = cy[-1] = size / 2.0
-    radius[-1], texture[-1] = size * 0.75, _GRADIENT
+    radius[-1], texture[-1], angle[-1] = size * 0.75, _GRADIENT, np.pi / 2
+    col1[-1], col2[-1] = np.sort(np.stack([col1[-1], col2[-1]]), axis=0)[::-1] if light else (
+        col1[-1], col2[-1])
     a_ax = radius
     b_ax = radius * np.where(kind == 0, 1.0, aspect)
     cos, sin = np.cos(angle), np.sin(angle)
@@ -223,6 +233,11 @@ def dead_leaves(size: int, rng: np.random.Generator, shapes: int = 160) -> np.nd
     ramp = np.clip(0.5 + along / (2.0 * par[..., 4]), 0.0, 1.0)
     weight = np.where(tex == _STRIPES, stripe, np.where(tex == _GRADIENT, ramp, 0.0))
     img = par[..., 9:12] + weight[..., None] * (par[..., 12:15] - par[..., 9:12])
+    if light:  # lit from above: each shape bright at its top, the scene darker downwards
+        height = np.maximum(par[..., 4], 1.0)
+        shade = 1.0 + light * np.clip(-y_rel / height, -1.0, 1.0) * 0.5
+        shade *= 1.0 + light * (0.25 - 0.5 * coords[:, None] / size)
+        img *= shade[..., None]
     noisy = tex == _NOISE
     count = int(noisy.sum())
     if count:

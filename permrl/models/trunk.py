@@ -23,6 +23,32 @@ _CAFFENET = {
 }
 
 
+def block_size(input_size: int, conv1_stride: int, upto: str = "pool5") -> int:
+    """Spatial size of block `upto` for a square input (0 or less: the input is too small)."""
+    n = input_size
+    for name in BLOCKS:
+        if name.startswith("conv"):
+            _, kernel, pad = _CAFFENET[name]
+            stride = conv1_stride if name == "conv1" else 1
+            n = (n + 2 * pad - kernel) // stride + 1
+        else:
+            out = -(-(n - 3) // 2) + 1  # Caffe/ceil_mode: ceil((n - 3) / 2) + 1
+            n = out - 1 if (out - 1) * 2 >= n else out  # the last window must start inside
+        if n < 1:
+            return 0
+        if name == upto:
+            return n
+    return n
+
+
+def min_input_size(conv1_stride: int, upto: str = "pool5") -> int:
+    """The smallest square input for which block `upto` is not empty."""
+    n = 11
+    while block_size(n, conv1_stride, upto) < 1:
+        n += 1
+    return n
+
+
 class ConvBN(nn.Module):
     """Convolution -> BatchNorm -> ReLU (BN takes the place of CaffeNet's LRN)."""
 

@@ -1,0 +1,253 @@
+"""Configuration: defaults, presets, YAML < --set precedence, parsing, validation, round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from permrl.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_override,
+    to_dict,
+    to_yaml,
+)
+
+
+def test_defaults_are_the_cpu_preset():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.preset == "cpu"
+    assert cfg.tasks == ["spatial"]
+    m, s, t, e = cfg.model, cfg.spatial, cfg.train, cfg.eval
+    assert (m.width, m.conv1_stride, m.fc6, m.fc7) == (0.25, 2, 256, 1024)
+    assert (s.grid, s.cell, s.tile, s.permutations) == (3, 36, 32, 100)
+    assert (t.optimizer, t.lr, t.batch_size) == ("adam", 1e-3, 64)
+    assert (e.input_size, e.conv1_stride, e.layer) == (64, 2, "pool5")
+    assert load_config(preset="cpu") == cfg
+
+
+def test_paper_preset_values():
+    cfg = load_config(preset="paper")
+    assert cfg.preset == "paper"
+    m, s, t, e = cfg.model, cfg.spatial, cfg.train, cfg.eval
+    assert (m.width, m.conv1_stride, m.fc6, m.fc7) == (1.0, 2, 512, 4096)
+    assert (s.grid, s.cell, s.tile, s.permutations) == (3, 75, 64, 1000)
+    assert s.grid * s.cell == 225
+    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size) == (
+        "sgd", 0.01, 0.9, 5e-4, 256,
+    )
+    assert (e.input_size, e.conv1_stride) == (227, 4)
+    # keys the preset does not name keep their defaults
+    assert s.criterion == "maxmin" and cfg.seed == 0
+
+
+def test_preset_named_in_file_or_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: paper\n")
+    assert load_config(path).spatial.cell == 75
+    assert load_config(overrides=["preset=paper"]).spatial.tile == 64
+    # the explicit argument wins over the file
+    assert load_config(path, preset="cpu").spatial.cell == 36
+
+
+def test_precedence_defaults_preset_file_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "train:\n  lr: 0.05\n  steps: 10\nspatial:\n  permutations: 30\nseed: 7\n"
+    )
+    cfg = load_config(path, preset="paper", overrides=["train.lr=0.2", "seed=9"])
+    assert cfg.train.lr == 0.2  # override beats file
+    assert cfg.seed == 9
+    assert cfg.train.steps == 10  # file beats preset (350000)
+    assert cfg.spatial.permutations == 30  # file beats preset (1000)
+    assert cfg.train.batch_size == 256  # preset beats default
+    assert cfg.spatial.criterion == "maxmin"  # default
+    # later overrides beat earlier ones
+    assert load_config(overrides=["seed=1", "seed=2"]).seed == 2
+
+
+def test_set_value_parsing():
+    cfg = load_config(overrides=[
+        "train.steps=123",
+        "train.lr=0.5",
+        "model.width=1",
+        "model.channels_last=false",
+        "spatial.include_identity=true",
+        "tasks=[spatial]",
+        "spatial.permutation_file=null",
+        "data.images=folder:/tmp/x=y",
+        "train.weight_decay=1.0e-4",
+    ])
+    assert cfg.train.steps == 123 and isinstance(cfg.train.steps, int)
+    assert cfg.train.lr == 0.5
+    assert cfg.model.width == 1.0 and isinstance(cfg.model.width, float)
+    assert cfg.model.channels_last is False
+    assert cfg.spatial.include_identity is True
+    assert cfg.tasks == ["spatial"]
+    assert cfg.spatial.permutation_file is None
+    assert cfg.data.images == "folder:/tmp/x=y"  # split at the first '=' only
+    assert cfg.train.weight_decay == 1e-4
+    assert load_config(overrides=["spatial.permutation_file=p.npy"]).spatial.permutation_file \
+        == "p.npy"
+    assert load_config(overrides=["tasks=spatial"]).tasks == ["spatial"]
+
+
+@pytest.mark.parametrize("how", ["override", "file"])
+def test_exponent_without_dot_is_a_number(tmp_path, how):
+    if how == "override":
+        cfg = load_config(overrides=["train.lr=1e-3"])
+    else:
+        path = tmp_path / "c.yaml"
+        path.write_text("train:\n  lr: 1e-3\n")
+        cfg = load_config(path)
+    assert cfg.train.lr == 1e-3
+
+
+def test_parse_override_nesting():
+    assert parse_override("train.lr=0.01") == {"train": {"lr": 0.01}}
+    assert parse_override("seed=3") == {"seed": 3}
+    assert parse_override("tasks=[spatial]") == {"tasks": ["spatial"]}
+    assert parse_override("spatial.permutation_file=null") == {
+        "spatial": {"permutation_file": None}
+    }
+    assert parse_override("model.channels_last=True") == {"model": {"channels_last": True}}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.lr")
+
+
+BAD_OVERRIDES = [
+    ("bogus=1", "bogus"),
+    ("train.bogus=1", "train.bogus"),
+    ("train.steps=abc", "train.steps"),
+    ("train.steps=true", "train.steps"),
+    ("train.steps=1.5", "train.steps"),
+    ("train.lr=fast", "train.lr"),
+    ("model.channels_last=1", "model.channels_last"),
+    ("data.images=3", "data.images"),
+    ("train.steps=0", "train.steps"),
+    ("train.batch_size=-4", "train.batch_size"),
+    ("spatial.cell=-1", "spatial.cell"),
+    ("spatial.tile=0", "spatial.tile"),
+    ("spatial.tile=40", "spatial.tile"),
+    ("preset=huge", "preset"),
+    ("tasks=[spatial, temporal]", "tasks"),
+    ("train.optimizer=rmsprop", "train.optimizer"),
+    ("spatial.criterion=best", "spatial.criterion"),
+    ("eval.layer=fc6", "eval.layer"),
+    ("spatial.permutations=362881", "spatial.permutations"),
+    ("spatial.grid=4", "spatial.grid"),
+    ("train.schedule=linear", "train.schedule"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("spatial.grey_prob=1.5", "spatial.grey_prob"),
+    ("train.warmup_steps=-1", "train.warmup_steps"),
+    ("train=5", "train"),
+    ("model.width=0", "model.width"),
+    ("train.lr=0", "train.lr"),
+    ("train.lr=.inf", "train.lr"),
+    ("tasks=[]", "tasks"),
+]
+
+
+@pytest.mark.parametrize("override, key", BAD_OVERRIDES, ids=[b[0] for b in BAD_OVERRIDES])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    msg = str(info.value)
+    assert key in msg
+    assert "\n" not in msg
+
+
+def test_permutation_limits_follow_the_grid():
+    # 9! = 362880 permutations of a 3x3 grid is allowed, one more is not; 2x2 has only 24
+    assert load_config(overrides=["spatial.permutations=362880"]).spatial.permutations == 362880
+    assert load_config(overrides=["spatial.grid=2", "spatial.permutations=24"]).spatial.grid == 2
+    with pytest.raises(ConfigError, match="spatial.permutations"):
+        load_config(overrides=["spatial.grid=2", "spatial.permutations=25"])
+
+
+def test_unknown_preset_argument():
+    with pytest.raises(ConfigError, match="preset"):
+        load_config(preset="gpu")
+
+
+def test_unknown_keys_in_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  depth: 3\n")
+    with pytest.raises(ConfigError, match="model.depth"):
+        load_config(path)
+    path.write_text("optimiser: sgd\n")
+    with pytest.raises(ConfigError, match="optimiser"):
+        load_config(path)
+
+
+def test_wrong_types_in_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: '100'\n")
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(path)
+    path.write_text("train:\n  steps: yes\n")  # YAML 1.1 bool
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(path)
+
+
+def test_invalid_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {lr: 0.1\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_top_level_list(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- seed\n- 3\n")
+    with pytest.raises(ConfigError, match="mapping") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_empty_file_is_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_yaml_round_trip(tmp_path, preset):
+    cfg = load_config(preset=preset, overrides=[
+        "seed=5", "train.lr=0.003", "spatial.permutation_file=perms.npy",
+        "model.channels_last=false", "data.images=folder:/data/imgs",
+    ])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(to_yaml(cfg))
+    again = load_config(path)
+    assert again == cfg
+    assert to_dict(again) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_dict_round_trip(preset):
+    cfg = load_config(preset=preset, overrides=["train.steps=77", "spatial.criterion=maxmean"])
+    again = config_from_dict(to_dict(cfg))
+    assert again == cfg
+    assert again is not cfg
+
+
+def test_config_from_dict_validates():
+    values = to_dict(load_config())
+    values["spatial"]["tile"] = 99
+    with pytest.raises(ConfigError, match="spatial.tile"):
+        config_from_dict(values)
+    values = to_dict(load_config())
+    values["extra"] = 1
+    with pytest.raises(ConfigError, match="extra"):
+        config_from_dict(values)

@@ -1,0 +1,138 @@
+"""Training loop: loss falls, resume is exact, the data of a step does not depend on workers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from permrl.checkpoint import load_checkpoint
+from permrl.config import load_config
+from permrl.permutations import permutation_checksum
+from permrl.train import PuzzleBatches, RunError, split_validation, train
+
+TINY = [
+    "data.images=dead-leaves?count=120&size=80",
+    "data.workers=0",
+    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.0",
+    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=4",
+    "train.batch_size=16", "train.val_size=8", "train.warmup_steps=0",
+    "train.log_every=2", "train.val_every=0", "train.threads=1",
+]
+
+
+def tiny(*extra: str):
+    return load_config(overrides=TINY + list(extra))
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoint.pt")["model"]
+
+
+def quadrant_images(folder, count=40, size=80):
+    """Images whose four quadrants have different textures: a 2x2 puzzle learnable in steps."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        f = rng.uniform(6, 10)
+        patterns = [np.sin(2 * np.pi * f * y), np.sin(2 * np.pi * f * x),
+                    np.sin(2 * np.pi * f * (x + y)), np.sin(2 * np.pi * f * x) * np.sin(
+                        2 * np.pi * f * y)]
+        img = np.where(y < 0.5, np.where(x < 0.5, patterns[0], patterns[1]),
+                       np.where(x < 0.5, patterns[2], patterns[3]))
+        rgb = (127 + 120 * img[..., None] * rng.uniform(0.5, 1, 3)).astype(np.uint8)
+        Image.fromarray(rgb).save(folder / f"{i}.png")
+    return folder
+
+
+def test_loss_falls(tmp_path):
+    images = quadrant_images(tmp_path / "quadrants")
+    cfg = tiny("train.steps=60", "train.lr=0.003", "train.schedule=constant",
+               f"data.images=folder:{images}")
+    result = train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").open()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[0] == pytest.approx(np.log(4), abs=0.15)  # chance level at the start
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]
+    assert result.steps == 60 and 0 <= result.val_accuracy <= 1
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = tiny("train.steps=12", "train.checkpoint_every=6", "model.dropout=0.5")
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_at=6)
+    assert load_checkpoint(tmp_path / "split/checkpoint.pt")["step"] == 6
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    full, split = weights(tmp_path / "full"), weights(tmp_path / "split")
+    for name in full:
+        assert torch.equal(full[name], split[name]), name
+    assert records(tmp_path / "full") == records(tmp_path / "split")
+
+
+def records(run_dir):
+    """metrics.jsonl without the wall-clock field."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record.pop("samples_per_s", None)
+        out.append(record)
+    return out
+
+
+def test_workers_do_not_change_the_result(tmp_path):
+    train(tiny("train.steps=4"), tmp_path / "w0", progress=False)
+    train(tiny("train.steps=4", "data.workers=2"), tmp_path / "w2", progress=False)
+    a, b = weights(tmp_path / "w0"), weights(tmp_path / "w2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_contents(tmp_path):
+    cfg = tiny("train.steps=2")
+    train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
+    assert ckpt["step"] == 2
+    assert ckpt["permutations"].shape == (4, 4)
+    assert ckpt["permutation_checksum"] == permutation_checksum(ckpt["permutations"])
+    assert {"model", "optimizer", "scheduler", "sampler", "rng", "config"} <= set(ckpt)
+    assert (tmp_path / "run/config.yaml").exists()
+    assert not list((tmp_path / "run").glob("*.tmp"))  # the atomic write left no temp file
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    cfg = tiny("train.steps=1")
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", progress=False, force=True)
+    with pytest.raises(RunError, match="does not exist"):
+        train(cfg, tmp_path / "other", resume=True, progress=False)
+
+
+def test_resume_rejects_a_different_model(tmp_path):
+    train(tiny("train.steps=1"), tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="differs"):
+        train(tiny("train.steps=2", "model.fc6=8"), tmp_path / "run", resume=True,
+              progress=False)
+
+
+def test_validation_images_are_never_trained_on():
+    cfg = tiny("train.steps=50")
+    train_idx, val_idx = split_validation(120, 8, cfg.seed)
+    assert not set(train_idx) & set(val_idx) and len(train_idx) + len(val_idx) == 120
+    batches = PuzzleBatches(source=None, indices=train_idx, cfg=cfg)  # type: ignore[arg-type]
+    seen = np.concatenate([batches.items_of_step(s) for s in range(50)])
+    assert not set(seen.tolist()) & set(val_idx.tolist())
+    # An epoch visits every training image exactly once before repeating.
+    per_epoch = len(train_idx) // cfg.train.batch_size
+    first = np.concatenate([batches.items_of_step(s) for s in range(per_epoch)])
+    assert len(set(first.tolist())) == len(first)
+
+
+def test_too_small_source_is_a_clear_error(tmp_path):
+    cfg = tiny("train.steps=1", "data.images=dead-leaves?count=5&size=80")
+    with pytest.raises(RunError, match="val_size"):
+        train(cfg, tmp_path / "run", progress=False)
