@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from permrl.checkpoint import CheckpointError
@@ -54,10 +55,14 @@ def cmd_permutations(args: argparse.Namespace) -> int:
 def cmd_eval_knn(args: argparse.Namespace) -> int:
     from permrl.evaluate.run import knn_from_checkpoint
 
-    result = knn_from_checkpoint(
-        args.checkpoint, args.train, args.test, layer=args.layer, bn_stats=args.bn_stats,
-        random_init=args.random_init, preset=args.preset,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = knn_from_checkpoint(
+            args.checkpoint, args.train, args.test, layer=args.layer, bn_stats=args.bn_stats,
+            random_init=args.random_init, preset=args.preset,
+        )
+    for w in caught:
+        print(f"permrl: warning: {w.message}", file=sys.stderr)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -301,6 +301,8 @@ def train(
 
     # Data: X_val held out from the image source; the rest is the training pool.
     source = open_source(cfg.data.images)
+    for note in source.notes:
+        print(f"permrl: {note}", file=sys.stderr)
     skips = SkipCounter()
     train_idx, val_idx = split_validation(len(source), cfg.train.val_size, cfg.seed)
     geometry = geometry_of(cfg)

@@ -45,11 +45,14 @@ def knn_from_checkpoint(
     """`permrl eval knn`: retrieval Top-k of a checkpoint's (or a random) trunk."""
     trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
     device = resolve_device(cfg.train.device)
-    result = evaluate_knn(
-        trunk.to(device), open_source(train), open_source(test),
-        layer=layer or cfg.eval.layer, input_size=cfg.eval.input_size,
-        conv1_stride=cfg.eval.conv1_stride, bn_stats=bn_stats, device=device,
-        workers=cfg.data.workers,
-    )
+    try:
+        result = evaluate_knn(
+            trunk.to(device), open_source(train), open_source(test),
+            layer=layer or cfg.eval.layer, input_size=cfg.eval.input_size,
+            conv1_stride=cfg.eval.conv1_stride, bn_stats=bn_stats, device=device,
+            workers=cfg.data.workers,
+        )
+    except ValueError as e:  # unlabelled source, unknown layer, empty set: the user's to fix
+        raise RunError(str(e)) from None
     result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
     return result

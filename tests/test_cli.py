@@ -1,0 +1,107 @@
+"""The command line: commands listed, user errors are one line with status 2, outputs exist."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from permrl.cli import main
+from permrl.permutations import hamming_stats, load_permutations
+
+TINY = [
+    "--set", "data.workers=0", "--set", "model.width=0.125", "--set", "model.fc6=16",
+    "--set", "model.fc7=32", "--set", "spatial.permutations=6", "--set", "train.batch_size=8",
+    "--set", "train.val_size=4", "--set", "train.steps=2", "--set", "train.threads=1",
+    "--set", "data.images=dead-leaves?count=30&size=120",
+]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("permrl: error: "), err
+    return err[0]
+
+
+def labelled_folder(root, classes=("a", "b", "c"), per_class=4):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / c / f"{i}.png")
+    return root
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([sys.executable, "-m", "permrl", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("train", "permutations", "eval", "demo"):
+        assert command in out
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lrx=1", "train.lrx"),
+    ("spatial.tile=40", "spatial.tile"),
+    ("train.steps=-3", "train.steps"),
+    ("data.images=nosuchkind:/x", "nosuchkind"),
+    ("data.images=folder:/does/not/exist", "/does/not/exist"),
+])
+def test_train_user_errors_are_one_line(tmp_path, capsys, override, key):
+    code = main(["train", "--out", str(tmp_path / "run"), *TINY, "--set", override])
+    assert code == 2
+    assert key in one_error_line(capsys)
+
+
+def test_train_then_eval_knn(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    assert "held-out puzzle accuracy" in capsys.readouterr().out
+    gallery = labelled_folder(tmp_path / "gallery")
+    queries = labelled_folder(tmp_path / "queries", per_class=2)
+    out = tmp_path / "knn.json"
+    argv = ["eval", "knn", "--checkpoint", str(run / "checkpoint.pt"),
+            "--train", f"folder:{gallery}", "--test", f"folder:{queries}", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert {"top1", "top5", "top10", "queries", "gallery", "layer", "bn_stats"} <= set(result)
+    assert result["queries"] == 6 and result["gallery"] == 12 and result["bn_stats"] == "gallery"
+    assert "top20" not in result and 20 in result["skipped_k"]  # k > gallery: left out
+    assert main(argv + ["--random-init"]) == 0
+    assert json.loads(out.read_text())["network"].startswith("random-init")
+    # Training again into the same directory needs --resume or --force.
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), *TINY]) == 2
+    assert "--resume" in one_error_line(capsys)
+
+
+def test_eval_knn_user_errors(tmp_path, capsys):
+    gallery = labelled_folder(tmp_path / "g")
+    assert main(["eval", "knn", "--train", f"folder:{gallery}", "--test",
+                 f"folder:{gallery}"]) == 2
+    assert "--random-init" in one_error_line(capsys)
+    assert main(["eval", "knn", "--checkpoint", str(tmp_path / "missing.pt"), "--train",
+                 f"folder:{gallery}", "--test", f"folder:{gallery}"]) == 2
+    assert "missing.pt" in one_error_line(capsys)
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(unlabelled / "x.png")
+    assert main(["eval", "knn", "--random-init", "--train", f"folder:{unlabelled}",
+                 "--test", f"folder:{gallery}"]) == 2
+    one_error_line(capsys)
+
+
+def test_permutations_command(tmp_path, capsys):
+    out = tmp_path / "perms.npy"
+    assert main(["permutations", "--count", "20", "--size", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    perms = load_permutations(out)
+    stats = hamming_stats(perms)
+    assert perms.shape == (20, 5)
+    assert f"min Hamming distance {stats['min']}" in printed and "s;" in printed
+    assert main(["permutations", "--count", "200", "--size", "5"]) == 2  # > 5! = 120
+    one_error_line(capsys)
