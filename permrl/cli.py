@@ -27,8 +27,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.preset, args.set or [])
     result = train(cfg, args.out, resume=args.resume, force=args.force)
+    accuracy = ", ".join(f"{task} {acc:.3f}" for task, acc in result.val_accuracy.items())
     print(f"trained {result.steps} steps: final loss {result.final_loss:.4f}, held-out puzzle "
-          f"accuracy {result.val_accuracy:.3f}; checkpoint {result.run_dir / 'checkpoint.pt'}")
+          f"accuracy {accuracy}; checkpoint {result.run_dir / 'checkpoint.pt'}")
     return 0
 
 
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="self-supervised training (spatial jigsaw)")
+    t = sub.add_parser("train", help="self-supervised training (spatial and/or temporal "
+                       "ordering: S, T, S+T, S&T)")
     t.add_argument("--preset", choices=["cpu", "paper"], default=None,
                    help="starting values (default: cpu, or the config's `preset`)")
     t.add_argument("--config", help="YAML file; its keys override the preset")

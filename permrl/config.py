@@ -24,8 +24,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    images: str = "demo"  # image source, "KIND:PATH" (see README)
-    workers: int = 1  # DataLoader worker processes (0 = load in the main process)
+    images: str = "demo"  # image source for the spatial task, "KIND:PATH" (see README)
+    videos: str = "demo-videos"  # video source for the temporal task
+    workers: int = 1  # DataLoader worker processes per task (0 = load in the main process)
+    decode_threads: int = 1  # FFmpeg threads per worker
 
 
 @dataclass
@@ -34,22 +36,38 @@ class ModelConfig:
     conv1_stride: int = 2  # on puzzle tiles; evaluation has its own (eval.conv1_stride)
     fc6: int = 256  # per-tile fc6 units
     fc7: int = 1024
+    lstm: int = 256  # temporal head: LSTM hidden units
     dropout: float = 0.1  # after fc6 and fc7 (paper preset: 0.5, as in the jigsaw network)
     channels_last: bool = True
 
 
 @dataclass
-class SpatialConfig:
-    grid: int = 3  # m: the image is cut into m x m cells
-    cell: int = 36  # cell size in px; the puzzle image is grid*cell px square
-    tile: int = 32  # tile cut from each cell (cell - tile = jitter range)
-    permutations: int = 100  # |Psi_S|
+class PermutationConfig:
+    """What both ordering tasks share: their own Psi and their own augmentation strength."""
+
+    permutations: int = 100  # |Psi|
     criterion: str = "maxmin"  # Hamming selection: maxmin | maxmean
     permutation_seed: int = 0
     include_identity: bool = False
     permutation_file: str | None = None  # a saved set overrides count/criterion/seed
-    grey_prob: float = 0.3  # fraction of images turned grey
-    colour_jitter: float = 0.2  # per-tile saturation/gamma jitter strength
+    grey_prob: float = 0.3  # fraction of samples turned grey
+    colour_jitter: float = 0.2  # per-part (tile or frame) saturation/gamma jitter strength
+
+
+@dataclass
+class SpatialConfig(PermutationConfig):
+    grid: int = 3  # m: the image is cut into m x m cells
+    cell: int = 36  # cell size in px; the puzzle image is grid*cell px square
+    tile: int = 32  # tile cut from each cell (cell - tile = jitter range)
+
+
+@dataclass
+class TemporalConfig(PermutationConfig):
+    frames: int = 6  # u: frames per clip, shuffled by a permutation of Psi_T
+    stride_min: int = 1  # frames are taken every `stride` frames, stride drawn in min..max
+    stride_max: int = 4
+    crop_min: float = 0.6  # one random square crop per clip: side in crop_min..1 of the frame
+    permutation_seed: int = 1
 
 
 @dataclass
@@ -65,6 +83,7 @@ class TrainConfig:
     step_size: int = 100_000  # for schedule=step: lr x0.1 every step_size steps
     val_size: int = 100  # |X_val|: held-out images, excluded from training
     val_every: int = 500  # held-out puzzle accuracy every N steps (0 = only at the end)
+    serial_switch: int = 0  # S&T: spatial alone until this step, then temporal (0 = S+T)
     log_every: int = 20
     checkpoint_every: int = 500
     device: str = "auto"  # auto | cpu | cuda
@@ -87,6 +106,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -97,8 +117,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Full CaffeNet widths, 225 px image, 75 px cells, 64 px tiles, 1000 permutations,
     # SGD as in the jigsaw solver the paper builds on; 227 px evaluation at conv1 stride 4.
     "paper": {
-        "model": {"width": 1.0, "conv1_stride": 2, "fc6": 512, "fc7": 4096, "dropout": 0.5},
+        "model": {"width": 1.0, "conv1_stride": 2, "fc6": 512, "fc7": 4096, "lstm": 1024,
+                  "dropout": 0.5},
         "spatial": {"cell": 75, "tile": 64, "permutations": 1000},
+        "temporal": {"frames": 8, "permutations": 1000},
         "train": {
             "optimizer": "sgd", "lr": 0.01, "batch_size": 256, "schedule": "step",
             "step_size": 62_500, "steps": 350_000, "warmup_steps": 0,
@@ -111,9 +133,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     "preset": tuple(PRESETS),
-    "tasks": ("spatial",),
+    "tasks": ("spatial", "temporal"),
     "sampler": ("uniform",),
     "spatial.criterion": ("maxmin", "maxmean"),
+    "temporal.criterion": ("maxmin", "maxmean"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("constant", "cosine", "step"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -179,8 +202,10 @@ def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
 
 def _positive(cfg: Config) -> list[str]:
     return [
-        "model.conv1_stride", "model.fc6", "model.fc7", "spatial.grid", "spatial.cell",
-        "spatial.tile", "spatial.permutations", "train.steps", "train.batch_size",
+        "model.conv1_stride", "model.fc6", "model.fc7", "model.lstm", "spatial.grid",
+        "spatial.cell", "spatial.tile", "spatial.permutations", "temporal.frames",
+        "temporal.permutations", "temporal.stride_min", "temporal.stride_max",
+        "temporal.crop_min", "data.decode_threads", "train.steps", "train.batch_size",
         "train.val_size", "train.log_every", "train.checkpoint_every", "train.step_size",
         "eval.input_size", "eval.conv1_stride",
     ]
@@ -197,6 +222,7 @@ def validate(cfg: Config) -> Config:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
     for key in ("data.workers", "train.warmup_steps", "train.val_every", "train.threads",
+                "train.serial_switch", "temporal.grey_prob", "temporal.colour_jitter",
                 "train.weight_decay", "train.momentum", "model.dropout",
                 "spatial.grey_prob", "spatial.colour_jitter"):
         if get(cfg, key) < 0:
@@ -225,8 +251,27 @@ def validate(cfg: Config) -> Config:
         if block_size(size, stride) < 1:
             raise ConfigError(f"{key}: {size} px is too small for the trunk at conv1 stride "
                               f"{stride}; pool5 needs at least {min_input_size(stride)} px")
+    t = cfg.temporal
+    if t.frames < 2:
+        raise ConfigError(f"temporal.frames: at least 2 frames are needed, got {t.frames}")
+    if t.permutations > math.factorial(t.frames):
+        raise ConfigError(f"temporal.permutations: {t.permutations} exceeds the "
+                          f"{math.factorial(t.frames)} permutations of {t.frames} frames")
+    if t.stride_min > t.stride_max:
+        raise ConfigError(f"temporal.stride_min ({t.stride_min}) is larger than "
+                          f"temporal.stride_max ({t.stride_max})")
+    if t.crop_min > 1 or t.grey_prob > 1:
+        raise ConfigError("temporal.crop_min and temporal.grey_prob must be at most 1")
     if not cfg.tasks:
-        raise ConfigError("tasks: at least one task is needed (spatial)")
+        raise ConfigError("tasks: at least one task is needed (spatial, temporal)")
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        raise ConfigError(f"tasks: {cfg.tasks} names a task twice")
+    if cfg.train.serial_switch:
+        if sorted(cfg.tasks) != ["spatial", "temporal"]:
+            raise ConfigError("train.serial_switch (S&T) needs tasks: [spatial, temporal]")
+        if cfg.train.serial_switch >= cfg.train.steps:
+            raise ConfigError(f"train.serial_switch: {cfg.train.serial_switch} leaves no "
+                              f"temporal steps before train.steps ({cfg.train.steps})")
     return cfg
 
 

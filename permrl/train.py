@@ -1,11 +1,13 @@
 """Self-supervised training: the whole loop in `train()`, read top to bottom.
 
-Per step: the sampler picks a permutation for every image (uniform for now; the learned policy
-of Sect. 3.2 later), the tiles are shuffled (Eq. 1), the trunk sees all B*m*m tiles in one call,
-cross-entropy on the permutation index, one optimiser step. Every `val_every` steps the held-out
-puzzle error (Eq. 6) over all |Psi| x |X_val| pairs; every `checkpoint_every` steps an atomic
-checkpoint from which `--resume` continues exactly (the data of step s is a pure function of
-(seed, s), so no loader state needs saving).
+Per step, for each active task (spatial, temporal, or both for S+T): the sampler picks a
+permutation for every sample (uniform for now; the learned policy of Sect. 3.2 later), the parts
+are shuffled (Eq. 1), the trunk sees all B*n parts in one call, cross-entropy on the permutation
+index. In S+T the task losses are summed and back-propagated once; in S&T
+(`train.serial_switch`) the spatial task trains alone until the switch, then the temporal task
+from those weights. Every `val_every` steps the held-out puzzle error (Eq. 6) of each task over
+all |Psi| x |X_val| pairs; every `checkpoint_every` steps an atomic checkpoint from which
+`--resume` continues exactly (the data of step s is a pure function of (seed, s)).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +29,28 @@ from tqdm import tqdm
 
 from permrl.checkpoint import load_checkpoint, save_atomic
 from permrl.config import Config, config_from_dict, to_dict, to_yaml
-from permrl.data.images import resize_square
-from permrl.data.samples import PuzzleGeometry, make_tiles, shuffle_tiles
-from permrl.data.sources import ImageSource, SkipCounter, open_source
-from permrl.models.heads import JigsawNet, SpatialHead, permutation_logits
+from permrl.data.batches import (
+    ClipBatches,
+    PuzzleBatches,
+    ValidationError,
+    split_validation,
+    step_seed,
+    validation_clips,
+    validation_tiles,
+)
+from permrl.data.samples import PuzzleGeometry, shuffle_tiles
+from permrl.data.sources import SkipCounter, open_source
+from permrl.data.video_sources import open_video_source
+from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead
 from permrl.models.trunk import CaffeNetBN
 from permrl.permutations import load_permutations, permutation_checksum, select_permutations
 from permrl.policy.samplers import UniformSampler
 
+TASKS = ("spatial", "temporal")
+
 
 class RunError(ValueError):
-    """A user error about a run directory or a resume: one line."""
+    """A user error about a run directory, a resume or the data: one line."""
 
 
 def geometry_of(cfg: Config) -> PuzzleGeometry:
@@ -45,33 +58,44 @@ def geometry_of(cfg: Config) -> PuzzleGeometry:
     return PuzzleGeometry(grid=s.grid, cell=s.cell, tile=s.tile)
 
 
-def build_model(cfg: Config) -> JigsawNet:
-    geometry = geometry_of(cfg)
-    trunk = CaffeNetBN(width=cfg.model.width, conv1_stride=cfg.model.conv1_stride)
-    c, h, w = trunk.output_shape(geometry.tile)
-    head = SpatialHead(
-        c * h * w, geometry.num_tiles, cfg.spatial.permutations,
-        fc6_dim=cfg.model.fc6, fc7_dim=cfg.model.fc7, dropout=cfg.model.dropout,
-    )
-    return JigsawNet(trunk, head, channels_last=cfg.model.channels_last)
+def model_tasks(cfg: Config) -> list[str]:
+    """Heads to build: the configured tasks, in canonical order."""
+    return [t for t in TASKS if t in cfg.tasks]
 
 
-def build_permutations(cfg: Config) -> np.ndarray:
-    """Psi_S: from `spatial.permutation_file`, or selected greedily by Hamming distance."""
-    s = cfg.spatial
-    n = s.grid * s.grid
-    if s.permutation_file:
-        perms = load_permutations(s.permutation_file)
-        if perms.shape != (s.permutations, n):
+def build_model(cfg: Config) -> OrderingNet:
+    """CaffeNet-BN trunk + one head per task; frames are cut at the tile size (SPEC 4)."""
+    m = cfg.model
+    trunk = CaffeNetBN(width=m.width, conv1_stride=m.conv1_stride)
+    c, h, w = trunk.output_shape(cfg.spatial.tile)
+    heads: dict[str, torch.nn.Module] = {}
+    if "spatial" in cfg.tasks:
+        heads["spatial"] = SpatialHead(
+            c * h * w, geometry_of(cfg).num_tiles, cfg.spatial.permutations,
+            fc6_dim=m.fc6, fc7_dim=m.fc7, dropout=m.dropout,
+        )
+    if "temporal" in cfg.tasks:
+        heads["temporal"] = TemporalHead(
+            c * h * w, cfg.temporal.frames, cfg.temporal.permutations,
+            fc6_dim=m.fc6, hidden=m.lstm, dropout=m.dropout,
+        )
+    return OrderingNet(trunk, heads, channels_last=m.channels_last)
+
+
+def build_permutations(cfg: Config, task: str = "spatial") -> np.ndarray:
+    """Psi of a task: from its `permutation_file`, or selected greedily by Hamming distance."""
+    t = getattr(cfg, task)
+    n = geometry_of(cfg).num_tiles if task == "spatial" else cfg.temporal.frames
+    if t.permutation_file:
+        perms = load_permutations(t.permutation_file)
+        if perms.shape != (t.permutations, n):
             raise RunError(
-                f"spatial.permutation_file holds {perms.shape[0]} permutations of "
-                f"{perms.shape[1]}, the config asks for {s.permutations} of {n}"
+                f"{task}.permutation_file holds {perms.shape[0]} permutations of "
+                f"{perms.shape[1]}, the config asks for {t.permutations} of {n}"
             )
         return perms
-    return select_permutations(
-        s.permutations, n, seed=s.permutation_seed, criterion=s.criterion,
-        include_identity=s.include_identity,
-    )
+    return select_permutations(t.permutations, n, seed=t.permutation_seed,
+                               criterion=t.criterion, include_identity=t.include_identity)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,107 +106,77 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def split_validation(num_items: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """X_val: `val_size` items drawn with the seed and excluded from training (SPEC 3)."""
-    if num_items < val_size + 1:
-        raise RunError(
-            f"the image source has {num_items} items; train.val_size={val_size} held-out "
-            "images plus at least one training image are needed"
-        )
-    order = np.random.default_rng([seed, 7]).permutation(num_items)
-    return np.sort(order[val_size:]), np.sort(order[:val_size])
+def active_tasks(cfg: Config, step: int) -> list[str]:
+    """S, T, S+T: every configured task at every step; S&T: spatial, then temporal."""
+    if cfg.train.serial_switch:
+        return ["spatial"] if step < cfg.train.serial_switch else ["temporal"]
+    return model_tasks(cfg)
 
 
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A 63-bit seed for (run seed, step, stream): the randomness of a step is reproducible."""
-    return int(np.random.default_rng([seed, step, stream]).integers(2**63 - 1))
+@dataclass
+class TaskData:
+    """What one ordering task brings to the loop: Psi, its sampler, data and X_val views."""
+
+    name: str
+    permutations: np.ndarray
+    sampler: UniformSampler
+    batches: Dataset
+    val_parts: torch.Tensor
+    skips: SkipCounter = field(default_factory=SkipCounter)
+    warned: bool = False
 
 
-class PuzzleBatches(Dataset):
-    """Item `step` is the batch of unshuffled tiles for that step (loaded in a worker).
-
-    Images are drawn epoch by epoch in a seeded order; each is resized so its shorter side is
-    256/225 of the puzzle size and a random square crop of the puzzle size is taken (the jigsaw
-    recipe), then cut into jittered, colour-jittered, normalised tiles (SPEC 3).
-    """
-
-    def __init__(self, source: ImageSource, indices: np.ndarray, cfg: Config) -> None:
-        self.source, self.indices = source, indices
-        self.geometry = geometry_of(cfg)
-        self.batch_size, self.seed = cfg.train.batch_size, cfg.seed
-        self.grey_prob, self.jitter = cfg.spatial.grey_prob, cfg.spatial.colour_jitter
-
-    def items_of_step(self, step: int) -> np.ndarray:
-        n = len(self.indices)
-        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
-        out = np.empty(self.batch_size, dtype=np.int64)
-        for epoch in np.unique(positions // n):
-            mask = positions // n == epoch
-            order = np.random.default_rng([self.seed, int(epoch)]).permutation(n)
-            out[mask] = self.indices[order[positions[mask] % n]]
-        return out
-
-    def __getitem__(self, step: int) -> dict[str, Any]:
-        rng = np.random.default_rng(step_seed(self.seed, step, 1))
-        size = self.geometry.image_size
-        images, skipped = [], []
-        for i in self.items_of_step(step):
-            img = self.source.load(int(i))
-            if img is None:
-                skipped.append(self.source.describe(int(i)))
-                continue
-            big = resize_square(img, round(size * 256 / 225), crop="center")
-            top, left = rng.integers(0, big.shape[0] - size + 1, size=2)
-            images.append(big[top : top + size, left : left + size])
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) if images else None
-        tiles = None
-        if batch is not None:
-            tiles = make_tiles(
-                batch, self.geometry, train=True, grey_prob=self.grey_prob,
-                jitter_strength=self.jitter, generator=gen,
-            )
-        return {"step": step, "tiles": tiles, "skipped": skipped}
-
-    def __len__(self) -> int:
-        return sys.maxsize
-
-
-def load_validation_tiles(
-    source: ImageSource, indices: np.ndarray, geometry: PuzzleGeometry, skips: SkipCounter
-) -> torch.Tensor:
-    """The deterministic view of X_val: centre crop, centred tiles, no jitter (SPEC 3)."""
-    images = []
-    for i in indices:
-        img = source.load(int(i))
-        if img is None:
-            skips.add(source.describe(int(i)))
-            continue
-        images.append(resize_square(img, geometry.image_size, crop="center"))
-    if not images:
-        raise RunError(f"none of the {len(indices)} validation images could be read")
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    return make_tiles(batch, geometry, train=False)
+def prepare_task(cfg: Config, task: str, permutations: np.ndarray) -> TaskData:
+    """Open the task's source, hold out X_val, build the per-step batches."""
+    skips = SkipCounter()
+    tr, b = cfg.train, cfg.train.batch_size
+    try:
+        if task == "spatial":
+            source = open_source(cfg.data.images)
+            train_idx, val_idx = split_validation(len(source), tr.val_size, cfg.seed, "image")
+            s = cfg.spatial
+            batches: Dataset = PuzzleBatches(source, train_idx, geometry_of(cfg), b, cfg.seed,
+                                             s.grey_prob, s.colour_jitter)
+            val_parts = validation_tiles(source, val_idx, geometry_of(cfg), skips)
+        else:
+            source = open_video_source(cfg.data.videos)
+            source.threads = cfg.data.decode_threads
+            train_idx, val_idx = split_validation(len(source), tr.val_size, cfg.seed, "video")
+            t = cfg.temporal
+            clip = {"frames": t.frames, "size": cfg.spatial.tile, "stride_min": t.stride_min,
+                    "stride_max": t.stride_max, "crop_min": t.crop_min}
+            batches = ClipBatches(source, train_idx, batch_size=b, seed=cfg.seed,
+                                  grey_prob=t.grey_prob, colour_jitter=t.colour_jitter, **clip)
+            val_parts = validation_clips(source, val_idx, skips=skips, **clip)
+    except ValidationError as e:
+        raise RunError(str(e)) from None
+    for note in source.notes:
+        print(f"permrl: {note}", file=sys.stderr)
+    if skips.count:
+        print(f"permrl: X_val ({task}): {skips.warning_line()}", file=sys.stderr)
+    return TaskData(task, permutations, UniformSampler(len(permutations)), batches, val_parts,
+                    skips)
 
 
 @torch.no_grad()
 def puzzle_accuracy(
-    model: JigsawNet, val_tiles: torch.Tensor, permutations: torch.Tensor, chunk: int = 32
+    model: OrderingNet, task: str, val_parts: torch.Tensor, permutations: torch.Tensor,
+    chunk: int = 32,
 ) -> float:
-    """Accuracy over all |Psi| x |X_val| permuted validation puzzles; Eq. 6 error = 1 - this.
+    """Accuracy over all |Psi| x |X_val| permuted validation samples; Eq. 6 error = 1 - this.
 
-    The trunk and fc6 run once per validation tile; every permutation is then evaluated from
-    the cached features (exact in eval mode, SPEC 6).
+    The trunk and fc6 run once per validation tile (frame); every permutation is then evaluated
+    from the cached features (exact in eval mode, SPEC 6).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    head = model.heads[task]
     correct, total = 0, 0
     target = torch.arange(permutations.shape[0], device=device)
-    for start in range(0, val_tiles.shape[0], chunk):
-        tiles = val_tiles[start : start + chunk].to(device)
-        feats = model.spatial_head.tile_features(model.trunk(tiles.flatten(0, 1)))
-        logits = permutation_logits(model.spatial_head, feats, permutations.to(device))
+    for start in range(0, val_parts.shape[0], chunk):
+        feats = model.part_features(task, val_parts[start : start + chunk].to(device))
+        logits = head.permutation_logits(feats, permutations.to(device))
         correct += (logits.argmax(-1) == target).sum().item()
         total += logits.shape[0] * logits.shape[1]
     model.train(was_training)
@@ -232,7 +226,7 @@ class RunResult:
     run_dir: Path
     steps: int
     final_loss: float
-    val_accuracy: float
+    val_accuracy: dict[str, float]
     skipped: int
 
 
@@ -253,7 +247,7 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, force: bool) -> Path | None:
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> Path | None:
     """Refuse to clobber another run; return the checkpoint to resume from, if any."""
     ckpt = run_dir / "checkpoint.pt"
     if resume:
@@ -273,25 +267,39 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, force: bool) -> Pa
     return None
 
 
+def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
+    def fixed(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k != "train"}
+
+    if fixed(to_dict(config_from_dict(ckpt["config"]))) != fixed(to_dict(cfg)):
+        raise RunError(f"--resume: the config differs from the one in {path} "
+                       "(only train.* keys may change on resume)")
+
+
+def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -> DataLoader:
+    """Batches of the steps (from `start`) at which this task trains, prefetched by workers."""
+    steps = [s for s in range(start, cfg.train.steps) if data.name in active_tasks(cfg, s)]
+    return DataLoader(
+        data.batches, batch_size=None, sampler=steps, num_workers=cfg.data.workers,
+        prefetch_factor=4 if cfg.data.workers else None, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by the loader
+    )
+
+
 def train(
     cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
     progress: bool = True, stop_at: int | None = None,
 ) -> RunResult:
-    """Train the trunk by spatial jigsaw ordering; see the module docstring.
+    """Train the trunk by spatial and/or temporal ordering; see the module docstring.
 
     `stop_at` ends the run early after that step with a checkpoint, as an interruption would;
     `resume=True` continues it to `train.steps`.
     """
     run_dir = Path(run_dir)
-    resume_from = prepare_run_dir(run_dir, cfg, resume, force)
+    resume_from = prepare_run_dir(run_dir, resume, force)
     ckpt = load_checkpoint(resume_from) if resume_from else None
     if ckpt is not None:
-        def fixed(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in d.items() if k != "train"}
-
-        if fixed(to_dict(config_from_dict(ckpt["config"]))) != fixed(to_dict(cfg)):
-            raise RunError(f"--resume: the config differs from the one in {resume_from} "
-                           "(only train.* keys may change on resume)")
+        check_resumable(ckpt, cfg, resume_from)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -299,29 +307,22 @@ def train(
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
 
-    # Data: X_val held out from the image source; the rest is the training pool.
-    source = open_source(cfg.data.images)
-    for note in source.notes:
-        print(f"permrl: {note}", file=sys.stderr)
-    skips = SkipCounter()
-    train_idx, val_idx = split_validation(len(source), cfg.train.val_size, cfg.seed)
-    geometry = geometry_of(cfg)
-    val_tiles = load_validation_tiles(source, val_idx, geometry, skips)
-
-    # Psi_S, model, optimiser, sampler.
-    perms_np = ckpt["permutations"] if ckpt else build_permutations(cfg)
-    permutations = torch.from_numpy(perms_np)
+    # Per task: Psi, data with X_val held out, a permutation sampler.
+    names = model_tasks(cfg)
+    tasks = {name: prepare_task(cfg, name, ckpt["permutations"][name] if ckpt
+                                else build_permutations(cfg, name)) for name in names}
+    perms = {name: torch.from_numpy(t.permutations) for name, t in tasks.items()}
     model = build_model(cfg).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model)
-    sampler = UniformSampler(len(permutations))
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        sampler.load_state_dict(ckpt["sampler"])
+        for name, t in tasks.items():
+            t.sampler.load_state_dict(ckpt["sampler"][name])
         set_rng_state(ckpt["rng"])
         start = ckpt["step"]
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -330,77 +331,95 @@ def train(
     def checkpoint(step: int) -> None:
         save_atomic({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-            "step": step, "rng": rng_state(), "config": to_dict(cfg),
-            "permutations": perms_np, "permutation_checksum": permutation_checksum(perms_np),
+            "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(),
+            "config": to_dict(cfg),
+            "sampler": {n: t.sampler.state_dict() for n, t in tasks.items()},
+            "permutations": {n: t.permutations for n, t in tasks.items()},
+            "permutation_checksum": {n: permutation_checksum(t.permutations)
+                                     for n, t in tasks.items()},
         }, run_dir / "checkpoint.pt")
 
-    loader = DataLoader(
-        PuzzleBatches(source, train_idx, cfg), batch_size=None,
-        sampler=range(start, cfg.train.steps), num_workers=cfg.data.workers,
-        prefetch_factor=4 if cfg.data.workers else None, pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by the loader
-    )
+    def validate(step: int) -> dict[str, float]:
+        accuracy = {n: puzzle_accuracy(model, n, t.val_parts, perms[n]) for n, t in tasks.items()}
+        record: dict[str, Any] = {"step": step}
+        for n, acc in accuracy.items():
+            record |= {f"{n}_val_accuracy": acc, f"{n}_val_error": 1 - acc,
+                       f"{n}_val_samples": int(tasks[n].val_parts.shape[0])}
+        log.write(record)
+        tqdm.write(f"step {step}: held-out puzzle accuracy " + ", ".join(
+            f"{n} {acc:.3f} ({tasks[n].val_parts.shape[0]} x {len(perms[n])} permutations)"
+            for n, acc in accuracy.items()), file=sys.stderr)
+        return accuracy
+
+    batches = {n: iter(task_loader(cfg, t, start, device)) for n, t in tasks.items()}
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     model.train()
-    window = {"loss": 0.0, "correct": 0, "seen": 0, "t0": time.perf_counter()}
-    loss_value, val_acc, reported = float("nan"), float("nan"), 0
-    for batch in loader:
-        step = batch["step"]
-        for path in batch["skipped"]:
-            skips.add(path)
-        if skips.count and not reported:  # one warning line at the first skip, a total at the end
-            tqdm.write(skips.warning_line(), file=sys.stderr)
-            reported = skips.count
-        if batch["tiles"] is None:
-            continue
-        # 1. Which permutation for which image (the sampler; the policy plugs in here).
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))
-        perm_index = sampler.draw(batch["tiles"].shape[0], gen)
-        # 2. Shuffle the tiles (Eq. 1) and solve the puzzle: all B*m*m tiles in one trunk call.
-        tiles = shuffle_tiles(batch["tiles"], permutations, perm_index).to(device)
-        target = perm_index.to(device)
-        logits = model(tiles)
-        b = tiles.shape[0]
-        loss = F.cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
+    t0 = time.perf_counter()
+    loss_value, val_acc = float("nan"), {}
+    for step in range(start, cfg.train.steps):
+        losses = {}
+        for name in active_tasks(cfg, step):
+            task, batch = tasks[name], next(batches[name])
+            task.skips.extend(batch["skipped"])
+            if task.skips.count and not task.warned:  # one line at the first skip
+                tqdm.write(f"{task.skips.warning_line()} [{name}]", file=sys.stderr)
+                task.warned = True
+            if batch["parts"] is None:
+                continue
+            # 1. Which permutation for which sample (the sampler; the policy plugs in here).
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3 + TASKS.index(name)))
+            perm_index = task.sampler.draw(batch["parts"].shape[0], gen)
+            # 2. Shuffle (Eq. 1) and classify the permutation: all B*n parts in one trunk call.
+            parts = shuffle_tiles(batch["parts"], perms[name], perm_index).to(device)
+            target = perm_index.to(device)
+            logits = model(name, parts)
+            losses[name] = F.cross_entropy(logits, target)
+            w = window[name]
+            w["loss"] += losses[name].item() * len(target)
+            w["correct"] += (logits.argmax(1) == target).sum().item()
+            w["seen"] += len(target)
+        if losses:
+            # 3. S+T: the task losses are summed and back-propagated once, down to conv1.
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
         scheduler.step()
-        # 3. Bookkeeping: progress bar, metrics, held-out validation, checkpoint.
-        loss_value = loss.item()
-        window["loss"] += loss_value * b
-        window["correct"] += (logits.argmax(1) == target).sum().item()
-        window["seen"] += b
+        # 4. Bookkeeping: progress bar, metrics, held-out validation, checkpoint.
         done = step + 1
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-            elapsed = time.perf_counter() - window["t0"]
-            record = {"step": done, "loss": window["loss"] / window["seen"],
-                      "accuracy": window["correct"] / window["seen"],
-                      "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": window["seen"] / max(elapsed, 1e-9),
-                      "skipped": skips.count}
+        if done % cfg.train.log_every == 0 or done in (cfg.train.steps, stop_at):
+            elapsed = time.perf_counter() - t0
+            record: dict[str, Any] = {"step": done, "lr": scheduler.get_last_lr()[0]}
+            postfix = {}
+            seen = 0
+            for n, w in window.items():
+                if w["seen"]:
+                    record |= {f"{n}_loss": w["loss"] / w["seen"],
+                               f"{n}_accuracy": w["correct"] / w["seen"]}
+                    postfix |= {f"{n[0]}_loss": f"{record[f'{n}_loss']:.3f}",
+                                f"{n[0]}_acc": f"{record[f'{n}_accuracy']:.3f}"}
+                seen += w["seen"]
+            record |= {"samples_per_s": seen / max(elapsed, 1e-9),
+                       "skipped": sum(t.skips.count for t in tasks.values())}
             log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
-                            samples_s=f"{record['samples_per_s']:.0f}")
-            window = {"loss": 0.0, "correct": 0, "seen": 0, "t0": time.perf_counter()}
+            bar.set_postfix(postfix | {"samples_s": f"{record['samples_per_s']:.0f}"})
+            window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
+            t0 = time.perf_counter()
         if (cfg.train.val_every and done % cfg.train.val_every == 0) or done == cfg.train.steps:
-            val_acc = puzzle_accuracy(model, val_tiles, permutations)
-            log.write({"step": done, "val_accuracy": val_acc, "val_error": 1 - val_acc,
-                       "val_images": int(val_tiles.shape[0]),
-                       "val_puzzles": int(val_tiles.shape[0] * len(permutations))})
-            tqdm.write(f"step {done}: held-out puzzle accuracy {val_acc:.3f} "
-                       f"({val_tiles.shape[0]} images x {len(permutations)} permutations)",
-                       file=sys.stderr)
+            val_acc = validate(done)
         if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):
             checkpoint(done)
         bar.update(1)
         if done == stop_at:
             break
     bar.close()
-    if start >= cfg.train.steps and ckpt is not None:
-        val_acc = puzzle_accuracy(model, val_tiles, permutations)
-    if skips.count > reported:
-        print(skips.warning_line(), file=sys.stderr)
-    return RunResult(run_dir, cfg.train.steps, loss_value, val_acc, skips.count)
+    if start >= cfg.train.steps:
+        val_acc = validate(start)
+    for name, t in tasks.items():
+        if t.skips.count:
+            print(f"{t.skips.warning_line()} [{name}, whole run]", file=sys.stderr)
+    return RunResult(run_dir, cfg.train.steps, loss_value, val_acc,
+                     sum(t.skips.count for t in tasks.values()))

@@ -11,8 +11,9 @@ from PIL import Image
 
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
+from permrl.data.batches import PuzzleBatches, split_validation
 from permrl.permutations import permutation_checksum
-from permrl.train import PuzzleBatches, RunError, split_validation, train
+from permrl.train import RunError, geometry_of, train
 
 TINY = [
     "data.images=dead-leaves?count=120&size=80",
@@ -55,10 +56,10 @@ def test_loss_falls(tmp_path):
                f"data.images=folder:{images}")
     result = train(cfg, tmp_path / "run", progress=False)
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").open()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = [r["spatial_loss"] for r in records if "spatial_loss" in r]
     assert losses[0] == pytest.approx(np.log(4), abs=0.15)  # chance level at the start
     assert np.mean(losses[-5:]) < 0.7 * losses[0]
-    assert result.steps == 60 and 0 <= result.val_accuracy <= 1
+    assert result.steps == 60 and set(result.val_accuracy) == {"spatial"}
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -95,8 +96,9 @@ def test_checkpoint_contents(tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
     assert ckpt["step"] == 2
-    assert ckpt["permutations"].shape == (4, 4)
-    assert ckpt["permutation_checksum"] == permutation_checksum(ckpt["permutations"])
+    assert ckpt["permutations"]["spatial"].shape == (4, 4)
+    assert ckpt["permutation_checksum"]["spatial"] == permutation_checksum(
+        ckpt["permutations"]["spatial"])
     assert {"model", "optimizer", "scheduler", "sampler", "rng", "config"} <= set(ckpt)
     assert (tmp_path / "run/config.yaml").exists()
     assert not list((tmp_path / "run").glob("*.tmp"))  # the atomic write left no temp file
@@ -123,7 +125,7 @@ def test_validation_images_are_never_trained_on():
     cfg = tiny("train.steps=50")
     train_idx, val_idx = split_validation(120, 8, cfg.seed)
     assert not set(train_idx) & set(val_idx) and len(train_idx) + len(val_idx) == 120
-    batches = PuzzleBatches(source=None, indices=train_idx, cfg=cfg)  # type: ignore[arg-type]
+    batches = PuzzleBatches(None, train_idx, geometry_of(cfg), 16, cfg.seed, 0.3, 0.2)  # type: ignore[arg-type]
     seen = np.concatenate([batches.items_of_step(s) for s in range(50)])
     assert not set(seen.tolist()) & set(val_idx.tolist())
     # An epoch visits every training image exactly once before repeating.

@@ -243,3 +243,201 @@ def dead_leaves(
     if count:
         img[noisy] += par[noisy][:, 7:8] * rng.standard_normal((count, 3), dtype=np.float32)
     return np.clip(img + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
+# Demo videos ---------------------------------------------------------------------------------
+
+DEMO_MOTIONS: tuple[str, ...] = (
+    "pan-left",
+    "pan-right",
+    "pan-up",
+    "pan-down",
+    "zoom-in",
+    "zoom-out",
+)
+"""Camera motions of the demo videos, the classes of demo_videos(..., label="motion")."""
+
+DEMO_VIDEO_LABELS: tuple[str, ...] = ("motion", "photo")
+
+_PAN_SIDE = (0.5, 0.7)  # pan window side, fraction of the region's smaller side
+_PAN_TRAVEL = (0.6, 1.0)  # pan travel, fraction of the room left along the pan axis
+_ZOOM_SIDE = (0.6, 1.0)  # largest zoom window side, fraction of the region's smaller side
+_ZOOM_FACTOR = (1.3, 1.8)  # ratio of the largest to the smallest zoom window side
+_VIDEO_GAIN = 0.1  # default per-clip brightness gain drawn in 1 +- this
+_VIDEO_NOISE = 2.0  # default sensor noise std in grey levels
+
+
+def camera_windows(
+    motion: str, region: tuple[int, int, int, int], frames: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Square camera windows (frames, 4) float64 (y0, x0, y1, x1) inside `region`, one a frame.
+
+    Pans: side uniform in 50..70 % of the region's smaller side (so even a pan across the short
+    side of a region has room), the window slides at constant speed along the pan axis by
+    60..100 % of the room there, at a random place across it. Zooms: the largest window's side
+    is 60..100 % of the smaller side, the centre is fixed and the side changes geometrically by
+    a factor 1.3..1.8 over the clip (shrinking for zoom-in, growing for zoom-out). Every box
+    lies inside the region (continuous coordinates, pixel edges at integers).
+    """
+    if motion not in DEMO_MOTIONS:
+        raise ValueError(f"unknown motion {motion!r}; allowed: {', '.join(DEMO_MOTIONS)}")
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2, not {frames}")
+    ry0, rx0, ry1, rx1 = (float(v) for v in region)
+    height, width = ry1 - ry0, rx1 - rx0
+    smaller = min(height, width)
+    t = np.linspace(0.0, 1.0, frames)
+    if motion.startswith("pan"):
+        side = rng.uniform(*_PAN_SIDE) * smaller
+        horizontal = motion in ("pan-left", "pan-right")
+        room_along = (width if horizontal else height) - side
+        room_across = (height if horizontal else width) - side
+        travel = rng.uniform(*_PAN_TRAVEL) * room_along
+        start = rng.uniform(0.0, room_along - travel)
+        across = np.full(frames, rng.uniform(0.0, room_across))
+        along = start + travel * (t if motion in ("pan-right", "pan-down") else 1.0 - t)
+        ys, xs = (across, along) if horizontal else (along, across)
+        tops, lefts = ry0 + ys, rx0 + xs
+        sides = np.full(frames, side)
+    else:
+        big = rng.uniform(*_ZOOM_SIDE) * smaller
+        factor = rng.uniform(*_ZOOM_FACTOR)
+        cy = ry0 + big / 2 + rng.uniform(0.0, height - big)
+        cx = rx0 + big / 2 + rng.uniform(0.0, width - big)
+        sides = big * factor ** -(t if motion == "zoom-in" else 1.0 - t)
+        tops, lefts = cy - sides / 2, cx - sides / 2
+    boxes = np.stack([tops, lefts, tops + sides, lefts + sides], axis=1)
+    # Guard against rounding: never step out of the region.
+    return np.clip(boxes, [ry0, rx0, ry0, rx0], [ry1, rx1, ry1, rx1])
+
+
+def sample_windows(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Resample boxes (T, 4) (y0, x0, y1, x1) of `image` (H, W, C) to float32 (T, size, size, C).
+
+    Bilinear: output pixel (i, j) of frame t samples the point at the centre of cell (i, j) of
+    the box cut into size x size cells (half-pixel convention, pixel centres at k + 0.5).
+    Sample coordinates are clamped to the image's pixel centres, so nothing outside `image` is
+    ever read. All frames are resampled in one batched grid_sample call.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    boxes = np.asarray(boxes, dtype=np.float64)
+    height, width, channels = image.shape
+    cells = (np.arange(size) + 0.5) / size
+    ys = boxes[:, 0:1] + cells * (boxes[:, 2:3] - boxes[:, 0:1])  # (T, size)
+    xs = boxes[:, 1:2] + cells * (boxes[:, 3:4] - boxes[:, 1:2])
+    gy = 2.0 * ys / height - 1.0  # align_corners=False: -1 and 1 are the outer pixel edges
+    gx = 2.0 * xs / width - 1.0
+    frames = len(boxes)
+    grid = np.empty((frames, size, size, 2), dtype=np.float32)
+    grid[..., 0] = gx[:, None, :]
+    grid[..., 1] = gy[:, :, None]
+    src = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    src = src.permute(2, 0, 1).unsqueeze(0).expand(frames, channels, height, width)
+    out = F.grid_sample(
+        src, torch.from_numpy(grid), mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.permute(0, 2, 3, 1).numpy()
+
+
+def _check_video_args(subset: str, count: int, frames: int) -> None:
+    if subset not in DEMO_REGIONS:
+        raise ValueError(f"unknown demo subset {subset!r}; allowed: {', '.join(DEMO_SUBSETS)}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, not {count}")
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2, not {frames}")
+
+
+def _clip_rng(seed: int, subset: str, k: int, stream: int) -> np.random.Generator:
+    """Generator of clip k: stream 0 draws its camera path, stream 1 its brightness and noise."""
+    return np.random.default_rng([seed, DEMO_SUBSETS.index(subset), k, stream])
+
+
+def demo_video_plan(
+    subset: str, count: int, frames: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Photo indices (count,), motion indices (count,) and camera boxes (count, frames, 4).
+
+    Clip k shows photo k % n (n = len(DEMO_PHOTO_NAMES)), so every photo appears, with motion
+    (k + k // L + offset) % 6, L = lcm(n, 6), offset seeded per (seed, subset): any prefix of
+    the clips has motion counts within one of each other, and each run of gcd(n, 6) L clips
+    starting at a multiple of L (84 clips for the 14 photos) gives every photo every motion.
+    Boxes are absolute (y0, x0, y1, x1) in the 256 x 256 photo, inside DEMO_REGIONS[subset].
+    Clip k depends only on (seed, subset, k), not on `count`.
+    """
+    _check_video_args(subset, count, frames)
+    n_photos, n_motions = len(DEMO_PHOTO_NAMES), len(DEMO_MOTIONS)
+    block = int(np.lcm(n_photos, n_motions))
+    offset = int(np.random.default_rng([seed, DEMO_SUBSETS.index(subset)]).integers(n_motions))
+    k = np.arange(count, dtype=np.int64)
+    photos = k % n_photos
+    motions = (k + k // block + offset) % n_motions
+    region = DEMO_REGIONS[subset]
+    boxes = np.stack(
+        [
+            camera_windows(DEMO_MOTIONS[m], region, frames, _clip_rng(seed, subset, i, 0))
+            for i, m in enumerate(motions)
+        ]
+    )
+    return photos, motions, boxes
+
+
+def demo_videos(
+    subset: str,
+    count: int,
+    frames: int,
+    size: int,
+    seed: int,
+    label: str = "motion",
+    *,
+    gain: float = _VIDEO_GAIN,
+    noise: float = _VIDEO_NOISE,
+) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """Deterministic short clips of a virtual camera moving over the demo photos.
+
+    Returns (clips, labels int64 (count,), class names); each clip is uint8
+    (frames, size, size, 3). Clip k films photo k % len(DEMO_PHOTO_NAMES) with one of
+    DEMO_MOTIONS (balanced, see demo_video_plan): a square window pans at constant speed or
+    zooms geometrically (camera_windows) ONLY inside DEMO_REGIONS[subset] of the photo, so
+    train, gallery and query clips never share a pixel; each frame is the window resampled
+    bilinearly to size x size. Each clip then gets a brightness gain uniform in 1 +- `gain` and
+    zero-mean uniform sensor noise of std `noise` grey levels per pixel, channel and frame
+    (gain=0, noise=0 give clean clips; the camera path does not depend on either). Clip k
+    depends only on (seed, subset, k, frames, size), not on `count`.
+
+    label="motion": the class is the camera motion (class names = DEMO_MOTIONS). A single
+    frame cannot reveal its motion, so frame-level retrieval by motion label is at chance by
+    construction; it is a label for clip-level (temporal) tasks. label="photo": the class is
+    the photo (class names = DEMO_PHOTO_NAMES), the retrieval task: scene identity is the cue
+    that dominates UCF-101 retrieval too.
+    """
+    _check_video_args(subset, count, frames)
+    if size < 8:
+        raise ValueError(f"size must be at least 8, not {size}")
+    if label not in DEMO_VIDEO_LABELS:
+        raise ValueError(f"unknown label {label!r}; allowed: {', '.join(DEMO_VIDEO_LABELS)}")
+    photos, motions, boxes = demo_video_plan(subset, count, frames, seed)
+    ry0, rx0, ry1, rx1 = DEMO_REGIONS[subset]
+    origin = np.array([ry0, rx0, ry0, rx0], dtype=np.float64)
+    clips = []
+    for k in range(count):
+        crop = demo_photo(DEMO_PHOTO_NAMES[int(photos[k])])[ry0:ry1, rx0:rx1]
+        rng = _clip_rng(seed, subset, k, 1)
+        # Brightness and the rounding offset are affine, so apply them to the (smaller) source
+        # before the bilinear resampling rather than to every output pixel.
+        width = np.float32(noise * np.sqrt(12.0))  # uniform noise of std `noise`: 5x faster
+        shift = np.float32(0.5) - width / 2  # to draw than Gaussian noise; +0.5 rounds
+        src = crop.astype(np.float32) * np.float32(1.0 + rng.uniform(-gain, gain)) + shift
+        clip = sample_windows(src, boxes[k] - origin, size)
+        if noise:
+            buf = rng.random(clip.shape, dtype=np.float32)
+            buf *= width
+            buf += clip
+            clip = buf
+        np.clip(clip, 0.0, 255.0, out=clip)
+        clips.append(np.ascontiguousarray(clip.astype(np.uint8)))
+    if label == "motion":
+        return clips, motions.astype(np.int64), list(DEMO_MOTIONS)
+    return clips, photos.astype(np.int64), list(DEMO_PHOTO_NAMES)

@@ -1,4 +1,4 @@
-"""Jigsaw puzzles built in batch on tensors (SPEC 3, spatial samples).
+"""Jigsaw puzzles and shuffled clips, built in batch on tensors (SPEC 3).
 
 Image (square, grid*cell px) -> m x m grid of cells -> from each cell a tile (random position
 inside the cell: jitter; centred for deterministic validation views) -> per-tile colour jitter ->
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -148,3 +150,80 @@ def shuffle_tiles(
     order = permutations.to(tiles.device)[perm_index.to(tiles.device)]  # (B, n)
     view = order.view(*order.shape, *([1] * (tiles.dim() - 2)))
     return torch.take_along_dim(tiles, view, dim=1)
+
+
+# Temporal samples (SPEC 3): u frames in order, one crop per clip, per-frame jitter. ----------
+
+
+def clip_window(
+    frame_count: int, frames: int, stride_min: int, stride_max: int,
+    rng: np.random.Generator | None,
+) -> tuple[int, int] | None:
+    """(start, stride) of `frames` frames taken every `stride` frames, inside the video.
+
+    Training (`rng` given): stride uniform in stride_min..stride_max, limited to what the video
+    allows, then a uniform start. Validation (`rng` None): the middle stride of the range (or the
+    largest that fits) and a centred start, so the view is deterministic. None when the video
+    has fewer than `frames` frames.
+    """
+    if frame_count < frames:
+        return None
+    longest = (frame_count - 1) // (frames - 1)  # the largest stride that fits
+    hi = min(stride_max, longest)
+    lo = min(stride_min, hi)
+    if rng is None:
+        stride = min((stride_min + stride_max) // 2, longest)
+        span = (frames - 1) * stride + 1
+        return (frame_count - span) // 2, stride
+    stride = int(rng.integers(lo, hi + 1))
+    span = (frames - 1) * stride + 1
+    return int(rng.integers(0, frame_count - span + 1)), stride
+
+
+def clip_crop_box(
+    height: int, width: int, crop_min: float, rng: np.random.Generator | None
+) -> tuple[int, int, int]:
+    """(top, left, side) of the one square crop shared by all frames of a clip.
+
+    Training: side uniform in crop_min..1 of the shorter side, position uniform. Validation
+    (`rng` None): the largest centred square.
+    """
+    short = min(height, width)
+    if rng is None:
+        return (height - short) // 2, (width - short) // 2, short
+    side = int(rng.integers(max(1, round(crop_min * short)), short + 1))
+    return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side
+
+
+def crop_clip(frames: np.ndarray, box: tuple[int, int, int], size: int) -> torch.Tensor:
+    """uint8 (u, H, W, 3) frames -> uint8 (u, 3, size, size): the same crop, then resized."""
+    top, left, side = box
+    x = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + side, left : left + side]))
+    x = x.permute(0, 3, 1, 2).float()
+    if side != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def make_clip_frames(
+    clips: torch.Tensor,
+    *,
+    train: bool = True,
+    grey_prob: float = 0.3,
+    jitter_strength: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 (B, u, 3, S, S) clips (frames in temporal order) -> normalised float frames.
+
+    Greying is per clip, colour jitter and normalisation per frame (frame-level augmentation,
+    Sect. 3.1), so a frame cannot be placed by its colour statistics. Shuffle the result with
+    `shuffle_tiles`, which reorders dim 1 whatever the parts are (Eq. 1).
+    """
+    x = clips.float().div_(255)
+    if train and grey_prob > 0:
+        grey = torch.rand(x.shape[0], generator=generator, device=x.device) < grey_prob
+        x = torch.where(grey[:, None, None, None, None], to_grey(x), x)
+    if train:
+        x = colour_jitter(x, jitter_strength, generator)
+    return normalise_tiles(x)

@@ -315,53 +315,57 @@ _TAKES_PATH = {"folder", "fashion-mnist"}
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
-    """Split `KIND:PATH?k=v&...` into (kind, path, options with defaults filled in)."""
+    """Split an image source `KIND:PATH?k=v&...` into (kind, path, options with defaults)."""
+    return split_spec(spec, "image", _OPTIONS, _TAKES_PATH)
+
+
+def split_spec(
+    spec: str, what: str, table: dict[str, dict[str, Any]], takes_path: set[str]
+) -> tuple[str, str, dict[str, Any]]:
+    """`KIND:PATH?k=v&...` checked against `table` (kind -> options; a tuple lists the
+    choices, its first the default, else an integer default); `?limit=N` is always allowed."""
     head, _, query = spec.strip().partition("?")
     kind, colon, path = head.partition(":")
     kind = kind.strip().lower()
-    if kind not in _OPTIONS:
-        hint = f" (for a folder of images write folder:{head})" if "/" in head and not colon else ""
+    if kind not in table:
+        hint = f" (for a folder write folder:{head})" if "/" in head and not colon else ""
         raise SourceError(
-            f"unknown image source kind {kind!r} in {spec!r}; allowed kinds: "
-            f"{', '.join(SOURCE_KINDS)}{hint}"
+            f"unknown {what} source kind {kind!r} in {spec!r}; allowed kinds: "
+            f"{', '.join(table)}{hint}"
         )
-    if path and kind not in _TAKES_PATH:
-        raise SourceError(f"image source {spec!r}: kind {kind!r} takes no path")
-    allowed = _OPTIONS[kind] | {"limit": None}
+    if path and kind not in takes_path:
+        raise SourceError(f"{what} source {spec!r}: kind {kind!r} takes no path")
+    allowed = table[kind] | {"limit": None}
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
     except ValueError:
-        raise SourceError(f"image source {spec!r}: bad options {query!r}, use ?k=v&k=v") from None
+        raise SourceError(f"{what} source {spec!r}: bad options {query!r}, use ?k=v&k=v") from None
     options: dict[str, Any] = {k: (v[0] if isinstance(v, tuple) else v) for k, v in allowed.items()}
     seen = set()
     for key, value in pairs:
         if key not in allowed:
             raise SourceError(
-                f"image source {spec!r}: unknown option {key!r} for {kind}; allowed: "
+                f"{what} source {spec!r}: unknown option {key!r} for {kind}; allowed: "
                 f"{', '.join(sorted(allowed))}"
             )
         if key in seen:
-            raise SourceError(f"image source {spec!r}: option {key!r} given twice")
+            raise SourceError(f"{what} source {spec!r}: option {key!r} given twice")
         seen.add(key)
         choices = allowed[key]
         if isinstance(choices, tuple):
             if value not in choices:
                 raise SourceError(
-                    f"image source {spec!r}: {key} must be one of {', '.join(choices)}, "
+                    f"{what} source {spec!r}: {key} must be one of {', '.join(choices)}, "
                     f"not {value!r}"
                 )
             options[key] = value
             continue
-        try:
-            number = int(value)
-        except ValueError:
-            number = -1
         smallest = 0 if key == "seed" else 1
-        if number < smallest:
+        if not value.isdigit() or int(value) < smallest:
             raise SourceError(
-                f"image source {spec!r}: {key} must be an integer >= {smallest}, not {value!r}"
+                f"{what} source {spec!r}: {key} must be an integer >= {smallest}, not {value!r}"
             )
-        options[key] = number
+        options[key] = int(value)
     return kind, os.path.expanduser(path), options
 
 

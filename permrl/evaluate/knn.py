@@ -212,24 +212,23 @@ def _require_labels(source: Any, role: str) -> None:
         raise ValueError(f"{role} source {source.name!r} has no labels; kNN retrieval needs them")
 
 
-def evaluate_knn(
+def knn_features(
     trunk: nn.Module,
     train_source: Any,
     test_source: Any,
     *,
-    layer: str = "pool5",
+    layer: str,
     input_size: int,
     conv1_stride: int | None,
     bn_stats: Literal["gallery", "stored"] = "gallery",
     batch_size: int = 128,
     workers: int = 0,
     device: str | torch.device = "cpu",
-    ks: Sequence[int] = DEFAULT_KS,
-) -> dict[str, Any]:
-    """kNN retrieval, test items as queries against training items (center crops).
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor], int]:
+    """Gallery and query (features, labels, indices) of two labelled sources, and the skips.
 
-    With bn_stats="gallery" (default) BN statistics are re-estimated on the gallery images
-    first; "stored" keeps the trunk's own. The result holds the top-k recalls and the protocol.
+    Centre crops at `input_size`; with bn_stats="gallery" (default) the BN statistics are first
+    re-estimated on the gallery images, for every network alike (SPEC 7).
     """
     if layer not in BLOCKS:
         raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(BLOCKS)}")
@@ -250,27 +249,34 @@ def evaluate_knn(
     if bn_stats == "gallery":
         gallery_batches = (normalise_images(b["images"]) for b in loader(train_source))
         model = reestimate_bn(model, gallery_batches, layer, conv1_stride)
-    g_feat, g_lab, _, g_skip = extract_features(
+    g_feat, g_lab, g_idx, g_skip = extract_features(
         model, loader(train_source), layer, conv1_stride, device
     )
-    q_feat, q_lab, _, q_skip = extract_features(
+    q_feat, q_lab, q_idx, q_skip = extract_features(
         model, loader(test_source), layer, conv1_stride, device
     )
-    result = retrieval_topk(q_feat, q_lab, g_feat, g_lab, ks=ks)
+    return (g_feat, g_lab, g_idx), (q_feat, q_lab, q_idx), len(g_skip) + len(q_skip)
+
+
+def protocol_fields(
+    train_source: Any, test_source: Any, layer: str, bn_stats: str, input_size: int,
+    conv1_stride: int | None, feature_dim: int, skipped: int,
+) -> dict[str, Any]:
+    """What was measured, for the JSON result: sources, layer, BN statistics, protocol."""
     bn_text = (
         "BN statistics re-estimated on the gallery images"
         if bn_stats == "gallery"
         else "the trunk's stored BN statistics"
     )
-    result.update(
+    return dict(
         layer=layer,
         bn_stats=bn_stats,
         train_source=str(train_source.name),
         test_source=str(test_source.name),
         input_size=input_size,
         conv1_stride=conv1_stride,
-        feature_dim=int(g_feat.shape[1]),
-        skipped=len(g_skip) + len(q_skip),
+        feature_dim=feature_dim,
+        skipped=skipped,
         protocol=(
             f"cosine similarity of flattened {layer} features ({input_size} px center crops, "
             "per-image per-channel normalised), test items as queries and training items as "
@@ -278,4 +284,33 @@ def evaluate_knn(
             f"by gallery index, {bn_text}."
         ),
     )
+
+
+def evaluate_knn(
+    trunk: nn.Module,
+    train_source: Any,
+    test_source: Any,
+    *,
+    layer: str = "pool5",
+    input_size: int,
+    conv1_stride: int | None,
+    bn_stats: Literal["gallery", "stored"] = "gallery",
+    batch_size: int = 128,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, Any]:
+    """kNN retrieval, test items as queries against training items (center crops).
+
+    With bn_stats="gallery" (default) BN statistics are re-estimated on the gallery images
+    first; "stored" keeps the trunk's own. The result holds the top-k recalls and the protocol.
+    """
+    (g_feat, g_lab, _), (q_feat, q_lab, _), skipped = knn_features(
+        trunk, train_source, test_source, layer=layer, input_size=input_size,
+        conv1_stride=conv1_stride, bn_stats=bn_stats, batch_size=batch_size, workers=workers,
+        device=device,
+    )
+    result = retrieval_topk(q_feat, q_lab, g_feat, g_lab, ks=ks)
+    result.update(protocol_fields(train_source, test_source, layer, bn_stats, input_size,
+                                  conv1_stride, int(g_feat.shape[1]), skipped))
     return result

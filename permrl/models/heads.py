@@ -50,7 +50,7 @@ class SpatialHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(fc7_dim, num_permutations)
 
-    def tile_features(self, pool5: torch.Tensor) -> torch.Tensor:
+    def part_features(self, pool5: torch.Tensor) -> torch.Tensor:
         """(B*m*m, C, H, W) trunk output -> (B, m*m, fc6) per-tile features."""
         f = self.fc6(pool5)
         return f.view(-1, self.num_tiles, f.shape[-1])
@@ -64,44 +64,117 @@ class SpatialHead(nn.Module):
         return self.classifier(self.dropout(torch.relu(self.fc7_bn(h))))
 
     def forward(self, pool5: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.tile_features(pool5))
+        return self.classify(self.part_features(pool5))
+
+    def permutation_logits(
+        self, features: torch.Tensor, permutations: torch.Tensor, chunk: int = 64
+    ) -> torch.Tensor:
+        """Logits of every permutation applied to every sample, from cached fc6 (SPEC 6).
+
+        features: (V, n, d) fc6 outputs of the unshuffled tiles; permutations: (P, n).
+        Returns (V, P, |Psi|). Exact in eval mode: fc7 is linear in the concatenation, so
+        fc7(concat(f_psi1..f_psin)) = b + sum_k W_k f_psik; W_k f_i is computed once for all
+        positions k and tiles i, then each permutation costs n vector additions.
+        """
+        v, n, d = features.shape
+        w = self.fc7.weight.view(-1, n, d)  # (fc7, n, d): W_k is w[:, k, :]
+        projected = torch.einsum("ond,vid->vnio", w, features)  # (V, k, i, fc7)
+        positions = torch.arange(n, device=features.device)
+        out = []
+        for start in range(0, permutations.shape[0], chunk):
+            psi = permutations[start : start + chunk].to(features.device)  # (p, n)
+            h = projected[:, positions, psi].sum(dim=2) + self.fc7.bias  # (V, p, fc7)
+            out.append(self.after_fc7(h.flatten(0, 1)).view(v, psi.shape[0], -1))
+        return torch.cat(out, dim=1)
 
 
-class JigsawNet(nn.Module):
-    """Trunk + spatial head: (B, m*m, 3, t, t) puzzles -> (B, |Psi_S|) logits, one trunk call."""
+class TemporalHead(nn.Module):
+    """fc6 per frame -> LSTM over the u frames (in input order) -> fc over |Psi_T|.
+
+    The last hidden state of a one-layer LSTM summarises the shuffled sequence.
+    """
 
     def __init__(
-        self, trunk: nn.Module, spatial_head: SpatialHead, channels_last: bool = False
+        self,
+        in_features: int,
+        num_frames: int,
+        num_permutations: int,
+        fc6_dim: int = 512,
+        hidden: int = 1024,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.num_frames = num_frames
+        self.fc6 = TileFC6(in_features, fc6_dim, dropout)
+        self.lstm = nn.LSTM(fc6_dim, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_permutations)
+
+    def part_features(self, pool5: torch.Tensor) -> torch.Tensor:
+        """(B*u, C, H, W) trunk output -> (B, u, fc6) per-frame features."""
+        f = self.fc6(pool5)
+        return f.view(-1, self.num_frames, f.shape[-1])
+
+    def classify(self, group_features: torch.Tensor) -> torch.Tensor:
+        """(B, u, fc6) features in clip order -> (B, |Psi_T|) logits."""
+        _, (h, _) = self.lstm(group_features)
+        return self.classifier(self.dropout(h[-1]))
+
+    def forward(self, pool5: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.part_features(pool5))
+
+    def permutation_logits(
+        self, features: torch.Tensor, permutations: torch.Tensor, chunk: int = 64
+    ) -> torch.Tensor:
+        """(V, u, d) cached fc6 features, (P, u) permutations -> (V, P, |Psi_T|) logits.
+
+        The trunk and fc6 ran once per frame; only the LSTM and the classifier see each of
+        the P reorderings (SPEC 6), batched `chunk` permutations at a time.
+        """
+        v, n, d = features.shape
+        out = []
+        for start in range(0, permutations.shape[0], chunk):
+            psi = permutations[start : start + chunk].to(features.device)  # (p, u)
+            shuffled = features[:, psi]  # (V, p, u, d)
+            logits = self.classify(shuffled.flatten(0, 1))
+            out.append(logits.view(v, psi.shape[0], -1))
+        return torch.cat(out, dim=1)
+
+
+class OrderingNet(nn.Module):
+    """The shared trunk and one head per task ("spatial", "temporal").
+
+    `forward(task, parts)`: (B, n, 3, t, t) tiles or frames -> (B, |Psi_task|) logits; all B*n
+    parts go through the trunk in one call.
+    """
+
+    def __init__(
+        self, trunk: nn.Module, heads: dict[str, nn.Module], channels_last: bool = False
     ) -> None:
         super().__init__()
         self.trunk = trunk
-        self.spatial_head = spatial_head
+        self.heads = nn.ModuleDict(heads)
         self.channels_last = channels_last  # ~20% faster convolutions on CPU
 
-    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        x = tiles.flatten(0, 1)
+    def trunk_output(self, parts: torch.Tensor) -> torch.Tensor:
+        x = parts.flatten(0, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.spatial_head(self.trunk(x))
+        return self.trunk(x)
+
+    def part_features(self, task: str, parts: torch.Tensor) -> torch.Tensor:
+        """(B, n, 3, t, t) -> (B, n, fc6): what the permutation only reorders."""
+        return self.heads[task].part_features(self.trunk_output(parts))
+
+    def forward(self, task: str, parts: torch.Tensor) -> torch.Tensor:
+        return self.heads[task](self.trunk_output(parts))
 
 
 def permutation_logits(
-    head: SpatialHead, tile_features: torch.Tensor, permutations: torch.Tensor, chunk: int = 64
+    head: SpatialHead | TemporalHead,
+    features: torch.Tensor,
+    permutations: torch.Tensor,
+    chunk: int = 64,
 ) -> torch.Tensor:
-    """Logits of every permutation applied to every sample, from cached fc6 features (SPEC 6).
-
-    tile_features: (V, n, d) fc6 outputs of the unshuffled tiles; permutations: (P, n).
-    Returns (V, P, |Psi|). Exact in eval mode: fc7 is linear in the concatenation, so
-    fc7(concat(f_psi1..f_psin)) = b + sum_k W_k f_psik; W_k f_i is computed once for all
-    positions k and tiles i, then each permutation costs n vector additions.
-    """
-    v, n, d = tile_features.shape
-    w = head.fc7.weight.view(-1, n, d)  # (fc7, n, d): W_k is w[:, k, :]
-    projected = torch.einsum("ond,vid->vnio", w, tile_features)  # (V, k, i, fc7)
-    positions = torch.arange(n, device=tile_features.device)
-    out = []
-    for start in range(0, permutations.shape[0], chunk):
-        psi = permutations[start : start + chunk].to(tile_features.device)  # (p, n)
-        h = projected[:, positions, psi].sum(dim=2) + head.fc7.bias  # (V, p, fc7)
-        out.append(head.after_fc7(h.flatten(0, 1)).view(v, psi.shape[0], -1))
-    return torch.cat(out, dim=1)
+    """Logits of every permutation of Psi applied to every sample, from cached fc6 features."""
+    return head.permutation_logits(features, permutations, chunk)

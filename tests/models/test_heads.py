@@ -1,4 +1,4 @@
-"""Spatial head, JigsawNet and the cached-feature permutation logits (SPEC 4, 6)."""
+"""Spatial head, OrderingNet and the cached-feature permutation logits (SPEC 4, 6)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from permrl.models.heads import JigsawNet, SpatialHead, permutation_logits
+from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead, permutation_logits
 from permrl.models.trunk import CaffeNetBN
 
 
@@ -30,7 +30,7 @@ def test_spatial_head_shape():
     b = 5
     logits = head(torch.rand(b * 9, 4, 2, 2))
     assert logits.shape == (b, 7)
-    assert head.tile_features(torch.rand(b * 9, 4, 2, 2)).shape == (b, 9, 6)
+    assert head.part_features(torch.rand(b * 9, 4, 2, 2)).shape == (b, 9, 6)
 
 
 def test_spatial_head_equals_explicit_concat():
@@ -50,11 +50,11 @@ def test_fc6_is_applied_per_tile():
     b, n = 2, 9
     x = torch.rand(b * n, 4, 2, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        base = head.tile_features(x)
+        base = head.part_features(x)
         for sample, j in [(0, 0), (0, 4), (1, 8)]:
             y = x.clone()
             y[sample * n + j] += 1.0  # change tile j of one sample only
-            feats = head.tile_features(y)
+            feats = head.part_features(y)
             changed = (feats != base).any(dim=-1)
             expected = torch.zeros(b, n, dtype=torch.bool)
             expected[sample, j] = True
@@ -88,7 +88,7 @@ def test_permutation_logits_identity_equals_head_forward():
     head = _head().eval()
     x = torch.rand(2 * 9, 4, 2, 2, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        feats = head.tile_features(x)
+        feats = head.part_features(x)
         fast = permutation_logits(head, feats, torch.arange(9)[None])
         torch.testing.assert_close(fast[:, 0], head(x), rtol=1e-5, atol=1e-5)
 
@@ -99,14 +99,14 @@ def jigsaw():
     trunk = CaffeNetBN(width=0.25, conv1_stride=2)
     c, h, w = trunk.output_shape(32)
     head = SpatialHead(c * h * w, 9, 5, fc6_dim=16, fc7_dim=32)
-    return JigsawNet(trunk, head).eval()
+    return OrderingNet(trunk, {"spatial": head}).eval()
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_jigsaw_end_to_end_shape(jigsaw, channels_last):
     jigsaw.channels_last = channels_last
     with torch.no_grad():
-        out = jigsaw(torch.rand(4, 9, 3, 32, 32))
+        out = jigsaw("spatial", torch.rand(4, 9, 3, 32, 32))
     assert out.shape == (4, 5)
 
 
@@ -114,15 +114,68 @@ def test_jigsaw_equals_trunk_then_head(jigsaw):
     x = torch.rand(2, 9, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     jigsaw.channels_last = False
     with torch.no_grad():
-        ref = jigsaw.spatial_head(jigsaw.trunk(x.view(18, 3, 32, 32)))
-        torch.testing.assert_close(jigsaw(x), ref, rtol=0, atol=0)
+        ref = jigsaw.heads["spatial"](jigsaw.trunk(x.view(18, 3, 32, 32)))
+        torch.testing.assert_close(jigsaw("spatial", x), ref, rtol=0, atol=0)
 
 
 def test_jigsaw_channels_last_same_output(jigsaw):
     x = torch.rand(3, 9, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         jigsaw.channels_last = False
-        a = jigsaw(x)
+        a = jigsaw("spatial", x)
         jigsaw.channels_last = True
-        b = jigsaw(x)
+        b = jigsaw("spatial", x)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# Temporal head ---------------------------------------------------------------------------------
+
+
+def test_temporal_head_shapes_and_order_sensitivity():
+    torch.manual_seed(0)
+    head = TemporalHead(in_features=12, num_frames=5, num_permutations=7, fc6_dim=8,
+                        hidden=10, dropout=0.0).eval()
+    pool5 = torch.rand(3 * 5, 3, 2, 2)
+    feats = head.part_features(pool5)
+    assert feats.shape == (3, 5, 8)
+    logits = head(pool5)
+    assert logits.shape == (3, 7)
+    # The LSTM sees the frames in input order: reversing them changes the output.
+    assert not torch.allclose(head.classify(feats), head.classify(feats.flip(1)))
+    # Reference: an explicit per-step LSTM recurrence with the same weights.
+    lstm = head.lstm
+    h = torch.zeros(3, 10)
+    c = torch.zeros(3, 10)
+    for t in range(5):
+        gates = feats[:, t] @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h @ lstm.weight_hh_l0.T \
+            + lstm.bias_hh_l0
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    torch.testing.assert_close(head.classify(feats), head.classifier(h), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_temporal_permutation_logits_equal_naive(chunk):
+    torch.manual_seed(1)
+    head = TemporalHead(12, 4, 6, fc6_dim=8, hidden=10).eval()
+    feats = torch.randn(3, 4, 8)
+    perms = torch.stack([torch.randperm(4) for _ in range(6)])
+    fast = permutation_logits(head, feats, perms, chunk=chunk)
+    naive = torch.stack([torch.stack([head.classify(feats[v : v + 1, perms[p]])[0]
+                                      for p in range(6)]) for v in range(3)])
+    assert (fast - naive).abs().max().item() <= 1e-5
+
+
+def test_ordering_net_runs_both_tasks_through_one_trunk():
+    torch.manual_seed(2)
+    trunk = CaffeNetBN(width=0.125, conv1_stride=2)
+    c, h, w = trunk.output_shape(32)
+    net = OrderingNet(trunk, {
+        "spatial": SpatialHead(c * h * w, 4, 5, fc6_dim=8, fc7_dim=16),
+        "temporal": TemporalHead(c * h * w, 6, 7, fc6_dim=8, hidden=12),
+    }).eval()
+    with torch.no_grad():
+        assert net("spatial", torch.rand(2, 4, 3, 32, 32)).shape == (2, 5)
+        assert net("temporal", torch.rand(3, 6, 3, 32, 32)).shape == (3, 7)
+        assert net.part_features("temporal", torch.rand(3, 6, 3, 32, 32)).shape == (3, 6, 8)

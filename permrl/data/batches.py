@@ -1,0 +1,211 @@
+"""The training data of step s, as a pure function of (seed, s), for both ordering tasks.
+
+Item `step` of `PuzzleBatches` / `ClipBatches` is the whole unshuffled batch of that step, built
+in a DataLoader worker: which items (a seeded order, epoch by epoch, over the training indices),
+their random crops and jitter (seeded by the step). The permutations are drawn in the main
+process by the sampler (later: the policy), so nothing here depends on them. Because a step's
+data depends on nothing else, a resumed run sees exactly the data the interrupted one would
+have, whatever the number of workers.
+
+Also here: the held-out validation split X_val and its deterministic views (SPEC 3).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from permrl.data.images import resize_square
+from permrl.data.samples import (
+    PuzzleGeometry,
+    clip_crop_box,
+    clip_window,
+    crop_clip,
+    make_clip_frames,
+    make_tiles,
+)
+from permrl.data.sources import ImageSource, SkipCounter
+
+
+class ValidationError(ValueError):
+    """The data cannot provide a validation set: one line."""
+
+
+class VideoSourceLike(Protocol):
+    def __len__(self) -> int: ...
+    def frame_count(self, i: int) -> int | None: ...
+    def read_frames(self, i: int, indices: list[int]) -> np.ndarray | None: ...
+    def describe(self, i: int) -> str: ...
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed for (run seed, step, stream): the randomness of a step is reproducible."""
+    return int(np.random.default_rng([seed, step, stream]).integers(2**63 - 1))
+
+
+def split_validation(
+    num_items: int, val_size: int, seed: int, what: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
+    """X_val: `val_size` items drawn with the seed and excluded from training (SPEC 3)."""
+    if num_items < val_size + 1:
+        raise ValidationError(
+            f"the {what} source has {num_items} items; train.val_size={val_size} held-out "
+            f"{what}s plus at least one training {what} are needed"
+        )
+    order = np.random.default_rng([seed, 7]).permutation(num_items)
+    return np.sort(order[val_size:]), np.sort(order[:val_size])
+
+
+class StepBatches(Dataset):
+    """Shared part: which training items make up the batch of a step."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, stream: int) -> None:
+        self.indices, self.batch_size, self.seed, self.stream = indices, batch_size, seed, stream
+
+    def items_of_step(self, step: int) -> np.ndarray:
+        """Items of a step: a seeded permutation per epoch, consumed batch by batch."""
+        n = len(self.indices)
+        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(positions // n):
+            mask = positions // n == epoch
+            order = np.random.default_rng([self.seed, self.stream, int(epoch)]).permutation(n)
+            out[mask] = self.indices[order[positions[mask] % n]]
+        return out
+
+    def generators(self, step: int) -> tuple[np.random.Generator, torch.Generator]:
+        rng = np.random.default_rng(step_seed(self.seed, step, 10 * self.stream + 1))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, 10 * self.stream + 2))
+        return rng, gen
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+
+class PuzzleBatches(StepBatches):
+    """Spatial task: jigsaw tiles of a step's images (SPEC 3).
+
+    Each image is resized so its shorter side is 256/225 of the puzzle size and a random square
+    crop of the puzzle size is taken (the jigsaw recipe), then cut into jittered,
+    colour-jittered, normalised tiles.
+    """
+
+    def __init__(
+        self, source: ImageSource, indices: np.ndarray, geometry: PuzzleGeometry,
+        batch_size: int, seed: int, grey_prob: float, colour_jitter: float,
+    ) -> None:
+        super().__init__(indices, batch_size, seed, stream=0)
+        self.source, self.geometry = source, geometry
+        self.grey_prob, self.jitter = grey_prob, colour_jitter
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        rng, gen = self.generators(step)
+        size = self.geometry.image_size
+        images, skipped = [], []
+        for i in self.items_of_step(step):
+            img = self.source.load(int(i))
+            if img is None:
+                skipped.append(self.source.describe(int(i)))
+                continue
+            big = resize_square(img, round(size * 256 / 225), crop="center")
+            top, left = rng.integers(0, big.shape[0] - size + 1, size=2)
+            images.append(big[top : top + size, left : left + size])
+        parts = None
+        if images:
+            batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+            parts = make_tiles(batch, self.geometry, train=True, grey_prob=self.grey_prob,
+                               jitter_strength=self.jitter, generator=gen)
+        return {"step": step, "parts": parts, "skipped": skipped}
+
+
+def read_clip(
+    source: VideoSourceLike, i: int, frames: int, stride_min: int, stride_max: int,
+    crop_min: float, size: int, rng: np.random.Generator | None,
+) -> torch.Tensor | None:
+    """uint8 (u, 3, size, size): u frames in temporal order, one crop for all (SPEC 3).
+
+    `rng` None gives the deterministic validation view. None when the video cannot be read or is
+    shorter than the clip. A video whose header promised more frames than it decodes is retried
+    once with the length the failed read discovered.
+    """
+    for _ in range(2):
+        count = source.frame_count(i)
+        window = clip_window(count or 0, frames, stride_min, stride_max, rng)
+        if window is None:
+            return None
+        start, stride = window
+        data = source.read_frames(i, [start + k * stride for k in range(frames)])
+        if data is not None:
+            box = clip_crop_box(data.shape[1], data.shape[2], crop_min, rng)
+            return crop_clip(data, box, size)
+        if source.frame_count(i) == count:  # not a length problem: unreadable
+            return None
+    return None
+
+
+class ClipBatches(StepBatches):
+    """Temporal task: u frames per video of a step, in temporal order, not yet shuffled."""
+
+    def __init__(
+        self, source: VideoSourceLike, indices: np.ndarray, *, frames: int, size: int,
+        stride_min: int, stride_max: int, crop_min: float, batch_size: int, seed: int,
+        grey_prob: float, colour_jitter: float,
+    ) -> None:
+        super().__init__(indices, batch_size, seed, stream=1)
+        self.source = source
+        self.clip = {"frames": frames, "stride_min": stride_min, "stride_max": stride_max,
+                     "crop_min": crop_min, "size": size}
+        self.grey_prob, self.jitter = grey_prob, colour_jitter
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        rng, gen = self.generators(step)
+        clips, skipped = [], []
+        for i in self.items_of_step(step):
+            clip = read_clip(self.source, int(i), rng=rng, **self.clip)
+            if clip is None:
+                skipped.append(self.source.describe(int(i)))
+                continue
+            clips.append(clip)
+        parts = None
+        if clips:
+            parts = make_clip_frames(torch.stack(clips), train=True, grey_prob=self.grey_prob,
+                                     jitter_strength=self.jitter, generator=gen)
+        return {"step": step, "parts": parts, "skipped": skipped}
+
+
+def validation_tiles(
+    source: ImageSource, indices: np.ndarray, geometry: PuzzleGeometry, skips: SkipCounter
+) -> torch.Tensor:
+    """The deterministic view of X_val images: centre crop, centred tiles, no jitter."""
+    images = []
+    for i in indices:
+        img = source.load(int(i))
+        if img is None:
+            skips.add(source.describe(int(i)))
+            continue
+        images.append(resize_square(img, geometry.image_size, crop="center"))
+    if not images:
+        raise ValidationError(f"none of the {len(indices)} validation images could be read")
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    return make_tiles(batch, geometry, train=False)
+
+
+def validation_clips(
+    source: VideoSourceLike, indices: np.ndarray, *, frames: int, size: int, stride_min: int,
+    stride_max: int, crop_min: float, skips: SkipCounter,
+) -> torch.Tensor:
+    """The deterministic view of X_val videos: middle stride, centred start and crop."""
+    clips = []
+    for i in indices:
+        clip = read_clip(source, int(i), frames, stride_min, stride_max, crop_min, size, None)
+        if clip is None:
+            skips.add(source.describe(int(i)))
+            continue
+        clips.append(clip)
+    if not clips:
+        raise ValidationError(f"none of the {len(indices)} validation videos could be read")
+    return make_clip_frames(torch.stack(clips), train=False)
