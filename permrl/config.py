@@ -98,17 +98,33 @@ class EvalConfig:
 
 
 @dataclass
+class ReinforceConfig:
+    """The permutation policy (Sect. 3.2, SPEC 5); each task has its own."""
+
+    sgd_steps: int = 100  # N: SGD iterations with the policy fixed between episodes
+    episode_batches: int = 5  # K: mini-batches of actions per episode
+    groups: int = 10  # |C|: k-means groups of Psi = the action space
+    hidden: int = 16  # policy MLP hidden units
+    lr: float = 1e-3  # Adam on the policy
+    entropy_weight: float = 0.01  # beta: entropy bonus
+    baseline_momentum: float = 0.9  # moving average of returns
+    gamma: float = 0.0  # discount; 0 credits each episode with its own reward
+    horizon: int = 1  # episodes summed into a return when gamma > 0
+
+
+@dataclass
 class Config:
     preset: str = "cpu"
     seed: int = 0
     tasks: list[str] = field(default_factory=lambda: ["spatial"])
-    sampler: str = "uniform"  # how permutations are drawn: uniform (a learned policy later)
+    policy: str = "uniform"  # how permutations are drawn: uniform | reinforce (Sect. 3.2)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -127,6 +143,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "val_every": 5000, "checkpoint_every": 5000, "log_every": 50,
         },
         "eval": {"input_size": 227, "conv1_stride": 4},
+        "reinforce": {"sgd_steps": 500, "episode_batches": 10},
         "data": {"workers": 8},
     },
 }
@@ -134,7 +151,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 CHOICES = {
     "preset": tuple(PRESETS),
     "tasks": ("spatial", "temporal"),
-    "sampler": ("uniform",),
+    "policy": ("uniform", "reinforce"),
     "spatial.criterion": ("maxmin", "maxmean"),
     "temporal.criterion": ("maxmin", "maxmean"),
     "train.optimizer": ("adam", "sgd"),
@@ -206,7 +223,9 @@ def _positive(cfg: Config) -> list[str]:
         "spatial.cell", "spatial.tile", "spatial.permutations", "temporal.frames",
         "temporal.permutations", "temporal.stride_min", "temporal.stride_max",
         "temporal.crop_min", "data.decode_threads", "train.steps", "train.batch_size",
-        "train.val_size", "train.log_every", "train.checkpoint_every", "train.step_size",
+        "train.val_size", "train.log_every", "reinforce.sgd_steps",
+        "reinforce.episode_batches", "reinforce.groups", "reinforce.hidden", "reinforce.lr",
+        "reinforce.horizon", "train.checkpoint_every", "train.step_size",
         "eval.input_size", "eval.conv1_stride",
     ]
 
@@ -222,7 +241,8 @@ def validate(cfg: Config) -> Config:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
     for key in ("data.workers", "train.warmup_steps", "train.val_every", "train.threads",
-                "train.serial_switch", "temporal.grey_prob", "temporal.colour_jitter",
+                "train.serial_switch", "reinforce.entropy_weight", "reinforce.gamma",
+                "reinforce.baseline_momentum", "temporal.grey_prob", "temporal.colour_jitter",
                 "train.weight_decay", "train.momentum", "model.dropout",
                 "spatial.grey_prob", "spatial.colour_jitter"):
         if get(cfg, key) < 0:
@@ -262,6 +282,14 @@ def validate(cfg: Config) -> Config:
                           f"temporal.stride_max ({t.stride_max})")
     if t.crop_min > 1 or t.grey_prob > 1:
         raise ConfigError("temporal.crop_min and temporal.grey_prob must be at most 1")
+    r = cfg.reinforce
+    if r.gamma > 1 or r.baseline_momentum >= 1:
+        raise ConfigError("reinforce.gamma must be at most 1 and reinforce.baseline_momentum "
+                          "below 1")
+    for task in cfg.tasks:
+        if cfg.policy == "reinforce" and r.groups > getattr(cfg, task).permutations:
+            raise ConfigError(f"reinforce.groups: {r.groups} groups exceed the "
+                              f"{getattr(cfg, task).permutations} permutations of {task}")
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed (spatial, temporal)")
     if len(set(cfg.tasks)) != len(cfg.tasks):

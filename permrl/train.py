@@ -44,7 +44,9 @@ from permrl.data.video_sources import open_video_source
 from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead
 from permrl.models.trunk import CaffeNetBN
 from permrl.permutations import load_permutations, permutation_checksum, select_permutations
-from permrl.policy.samplers import UniformSampler
+from permrl.policy.reinforce import Reinforce
+from permrl.policy.samplers import PermutationSampler, PolicySampler, UniformSampler
+from permrl.policy.state import NetworkState, compute_state
 
 TASKS = ("spatial", "temporal")
 
@@ -119,7 +121,7 @@ class TaskData:
 
     name: str
     permutations: np.ndarray
-    sampler: UniformSampler
+    sampler: PermutationSampler
     batches: Dataset
     val_parts: torch.Tensor
     skips: SkipCounter = field(default_factory=SkipCounter)
@@ -154,33 +156,73 @@ def prepare_task(cfg: Config, task: str, permutations: np.ndarray) -> TaskData:
         print(f"permrl: {note}", file=sys.stderr)
     if skips.count:
         print(f"permrl: X_val ({task}): {skips.warning_line()}", file=sys.stderr)
-    return TaskData(task, permutations, UniformSampler(len(permutations)), batches, val_parts,
-                    skips)
+    return TaskData(task, permutations, make_sampler(cfg, task, len(permutations)), batches,
+                    val_parts, skips)
 
 
-@torch.no_grad()
+def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSampler:
+    """Uniform draws, or the REINFORCE policy over groups of Psi (`policy: reinforce`)."""
+    if cfg.policy == "uniform":
+        return UniformSampler(num_permutations)
+    r = cfg.reinforce
+    seed = cfg.seed * 2 + TASKS.index(task)
+    reinforce = Reinforce(r.groups, hidden=r.hidden, lr=r.lr, entropy_weight=r.entropy_weight,
+                          baseline_momentum=r.baseline_momentum, gamma=r.gamma,
+                          horizon=r.horizon, seed=seed)
+    return PolicySampler(num_permutations, reinforce, r.groups, seed)
+
+
+def policy_phase(cfg: Config, done: int) -> str | None:
+    """Where `done` iterations fall in the schedule of Sect. 3.2 (SPEC 5).
+
+    Cycles of N SGD iterations with the policy fixed, then an episode of K mini-batches:
+    "episode_start" after the N iterations (validate -> s_t, groups, s_hat), "episode_end"
+    after the K (validate -> E_{t+1}, reward, policy update).
+    """
+    if cfg.policy != "reinforce" or done == 0:
+        return None
+    n, k = cfg.reinforce.sgd_steps, cfg.reinforce.episode_batches
+    position = done % (n + k)
+    return "episode_start" if position == n else "episode_end" if position == 0 else None
+
+
 def puzzle_accuracy(
-    model: OrderingNet, task: str, val_parts: torch.Tensor, permutations: torch.Tensor,
-    chunk: int = 32,
+    model: OrderingNet, task: str, val_parts: torch.Tensor, permutations: torch.Tensor
 ) -> float:
-    """Accuracy over all |Psi| x |X_val| permuted validation samples; Eq. 6 error = 1 - this.
+    """Accuracy over all |Psi| x |X_val| permuted validation samples: 1 - Eq. 6 error.
 
     The trunk and fc6 run once per validation tile (frame); every permutation is then evaluated
     from the cached features (exact in eval mode, SPEC 6).
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    head = model.heads[task]
-    correct, total = 0, 0
-    target = torch.arange(permutations.shape[0], device=device)
-    for start in range(0, val_parts.shape[0], chunk):
-        feats = model.part_features(task, val_parts[start : start + chunk].to(device))
-        logits = head.permutation_logits(feats, permutations.to(device))
-        correct += (logits.argmax(-1) == target).sum().item()
-        total += logits.shape[0] * logits.shape[1]
-    model.train(was_training)
-    return correct / total
+    return 1.0 - compute_state(model, task, val_parts, permutations).error
+
+
+class PermutationErrors:
+    """Per-permutation validation error at every state (the paper's Fig. 6), kept compactly as
+    float16 rows in RUN_DIR/permutation_errors.npz (rewritten with each checkpoint)."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        self.rows: dict[str, list[tuple[int, np.ndarray]]] = {}
+        if resume_step is not None and path.exists():
+            with np.load(path) as f:
+                for task in TASKS:
+                    if f"{task}_steps" in f:
+                        self.rows[task] = [(int(s), e) for s, e in zip(
+                            f[f"{task}_steps"], f[f"{task}_errors"], strict=True) if s <= resume_step]
+
+    def add(self, task: str, step: int, state: NetworkState) -> None:
+        errors = state.per_permutation_error.cpu().numpy().astype(np.float16)
+        self.rows.setdefault(task, []).append((step, errors))
+
+    def save(self) -> None:
+        arrays = {}
+        for task, rows in self.rows.items():
+            arrays[f"{task}_steps"] = np.array([s for s, _ in rows], dtype=np.int64)
+            arrays[f"{task}_errors"] = np.stack([e for _, e in rows])
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(self.path)
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module):
@@ -327,6 +369,8 @@ def train(
         start = ckpt["step"]
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     log = MetricsLog(run_dir / "metrics.jsonl", start if ckpt else None)
+    permutation_errors = PermutationErrors(run_dir / "permutation_errors.npz",
+                                           start if ckpt else None)
 
     def checkpoint(step: int) -> None:
         save_atomic({
@@ -338,9 +382,16 @@ def train(
             "permutation_checksum": {n: permutation_checksum(t.permutations)
                                      for n, t in tasks.items()},
         }, run_dir / "checkpoint.pt")
+        permutation_errors.save()
+
+    def state_of(name: str, step: int) -> NetworkState:
+        """Eq. 3, 4, 6 on the task's X_val (exact, from cached features: SPEC 6)."""
+        state = compute_state(model, name, tasks[name].val_parts, perms[name])
+        permutation_errors.add(name, step, state)
+        return state
 
     def validate(step: int) -> dict[str, float]:
-        accuracy = {n: puzzle_accuracy(model, n, t.val_parts, perms[n]) for n, t in tasks.items()}
+        accuracy = {n: 1.0 - state_of(n, step).error for n in tasks}
         record: dict[str, Any] = {"step": step}
         for n, acc in accuracy.items():
             record |= {f"{n}_val_accuracy": acc, f"{n}_val_error": 1 - acc,
@@ -358,6 +409,7 @@ def train(
     window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
     t0 = time.perf_counter()
     loss_value, val_acc = float("nan"), {}
+    postfix_policy: dict[str, dict[str, Any]] = {}
     for step in range(start, cfg.train.steps):
         losses = {}
         for name in active_tasks(cfg, step):
@@ -394,6 +446,9 @@ def train(
             elapsed = time.perf_counter() - t0
             record: dict[str, Any] = {"step": done, "lr": scheduler.get_last_lr()[0]}
             postfix = {}
+            for n, episode in postfix_policy.items():
+                postfix |= {f"{n[0]}_err": f"{episode['error_after']:.3f}",
+                            f"{n[0]}_reward": f"{episode.get('reward', 0.0):.4f}"}
             seen = 0
             for n, w in window.items():
                 if w["seen"]:
@@ -408,6 +463,19 @@ def train(
             bar.set_postfix(postfix | {"samples_s": f"{record['samples_per_s']:.0f}"})
             window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
             t0 = time.perf_counter()
+        # 5. The policy (Sect. 3.2): after N SGD iterations the state s_t regroups Psi and
+        #    fixes s_hat; the next K mini-batches are the episode; after them E_{t+1} gives
+        #    the reward (Eq. 7) and REINFORCE updates pi (Eq. 9).
+        phase = policy_phase(cfg, done)
+        for name in active_tasks(cfg, step) if phase else []:
+            sampler = tasks[name].sampler
+            if phase == "episode_start":
+                sampler.observe(done, state_of(name, done))
+                sampler.begin_episode()
+            else:
+                episode = sampler.end_episode(done, state_of(name, done))
+                log.write({"step": done, "task": name, "episode": sampler.updates} | episode)
+                postfix_policy[name] = episode  # reward and error go to the progress bar
         if (cfg.train.val_every and done % cfg.train.val_every == 0) or done == cfg.train.steps:
             val_acc = validate(done)
         if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):

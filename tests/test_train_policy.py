@@ -1,0 +1,98 @@
+"""The policy in the training loop (Sect. 3.2): schedule, episodes, observability, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from permrl.checkpoint import load_checkpoint
+from permrl.config import load_config
+from permrl.policy.groups import group_permutations, policy_input
+from permrl.policy.reinforce import Reinforce
+from permrl.policy.samplers import PolicySampler
+from permrl.train import policy_phase, train
+
+TINY = [
+    "data.images=dead-leaves?count=40&size=80", "data.workers=0",
+    "data.videos=demo-videos?count=24&frames=12&size=40",
+    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16", "model.dropout=0.2",
+    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
+    "temporal.frames=4", "temporal.permutations=12", "temporal.stride_max=2",
+    "train.batch_size=8", "train.val_size=4", "train.warmup_steps=0", "train.log_every=1",
+    "train.val_every=0", "train.threads=1", "train.schedule=constant",
+    "policy=reinforce", "reinforce.sgd_steps=2", "reinforce.episode_batches=1",
+    "reinforce.groups=3",
+]
+
+
+def tiny(*extra: str):
+    return load_config(overrides=TINY + list(extra))
+
+
+def test_policy_phase_follows_the_schedule():
+    cfg = tiny("reinforce.sgd_steps=3", "reinforce.episode_batches=2")
+    phases = [policy_phase(cfg, done) for done in range(0, 12)]
+    assert phases == [None, None, None, "episode_start", None, "episode_end",
+                      None, None, "episode_start", None, "episode_end", None]
+    assert policy_phase(tiny("policy=uniform"), 3) is None
+
+
+def test_policy_draws_only_from_the_chosen_groups():
+    rng = np.random.default_rng(0)
+    ratios = np.concatenate([rng.uniform(0.5, 0.7, (4, 6)), rng.uniform(1.4, 2.0, (6, 6))])
+    sampler = PolicySampler(10, Reinforce(2, seed=0), num_groups=2, seed=0)
+    sampler.groups = group_permutations(ratios, 2, seed=0)
+    sampler.s_hat = policy_input(sampler.groups, 10)
+    sampler.begin_episode()
+    perms = sampler.draw(400, torch.Generator().manual_seed(1))
+    actions = torch.cat(sampler.episode)
+    assignment = torch.as_tensor(sampler.groups.assignment)
+    assert torch.equal(assignment[perms], actions)  # each permutation lies in its group
+    assert set(perms.tolist()) == set(range(10))  # every member of a group is reachable
+    assert sampler.groups.assignment[:4].tolist() == [0] * 4  # the hard rows: group 0
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_s_plus_t_plus_p_logs_episodes_and_saves_the_policy(tmp_path):
+    cfg = tiny("tasks=[spatial, temporal]", "train.steps=9")
+    train(cfg, tmp_path / "stp", progress=False)
+    episodes = [r for r in records(tmp_path / "stp") if "episode" in r]
+    assert [(r["step"], r["task"]) for r in episodes] == [
+        (3, "spatial"), (3, "temporal"), (6, "spatial"), (6, "temporal"),
+        (9, "spatial"), (9, "temporal")]
+    first, later = episodes[0], episodes[2]
+    assert "reward" not in first  # no reward until two errors exist (SPEC 5)
+    for key in ("group_sizes", "group_medians", "policy_probs", "chosen_groups",
+                "chosen_quartiles", "error_before", "error_after", "reward", "baseline"):
+        assert key in later, key
+    assert sum(later["group_sizes"]) == 12 and sum(later["chosen_groups"]) == 8
+    assert sum(later["chosen_quartiles"]) == 8 and len(later["policy_probs"]) == 3
+    # Eq. 7 with the per-iteration extrapolation: validations at 2, 3, 5, 6 (N = 2, K = 1).
+    assert later["reward"] == later["extrapolated_error"] - later["error_after"]
+    ckpt = load_checkpoint(tmp_path / "stp/checkpoint.pt")
+    assert ckpt["sampler"]["spatial"]["kind"] == "reinforce"
+    assert ckpt["sampler"]["temporal"]["updates"] == 2
+    with np.load(tmp_path / "stp/permutation_errors.npz") as f:
+        assert f["spatial_steps"].tolist() == [2, 3, 5, 6, 8, 9, 9]  # states + final validation
+        assert f["spatial_errors"].shape == (7, 12) and f["temporal_errors"].shape == (7, 12)
+
+
+def test_resume_in_the_middle_of_an_episode_continues_the_same_policy(tmp_path):
+    cfg = tiny("train.steps=10", "reinforce.episode_batches=2")
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_at=7)  # inside the 2nd episode
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "full/checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split/checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    pa, pb = a["sampler"]["spatial"], b["sampler"]["spatial"]
+    assert pa["errors"] == pb["errors"] and pa["updates"] == pb["updates"] == 1
+    sa, sb = pa["reinforce"]["policy"], pb["reinforce"]["policy"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rs]  # noqa
+    assert strip(records(tmp_path / "full")) == strip(records(tmp_path / "split"))
