@@ -208,8 +208,8 @@ class PermutationErrors:
             with np.load(path) as f:
                 for task in TASKS:
                     if f"{task}_steps" in f:
-                        self.rows[task] = [(int(s), e) for s, e in zip(
-                            f[f"{task}_steps"], f[f"{task}_errors"], strict=True) if s <= resume_step]
+                        pairs = zip(f[f"{task}_steps"], f[f"{task}_errors"], strict=True)
+                        self.rows[task] = [(int(s), e) for s, e in pairs if s <= resume_step]
 
     def add(self, task: str, step: int, state: NetworkState) -> None:
         errors = state.per_permutation_error.cpu().numpy().astype(np.float16)
