@@ -78,12 +78,16 @@ class SpatialHead(nn.Module):
         """
         v, n, d = features.shape
         w = self.fc7.weight.view(-1, n, d)  # (fc7, n, d): W_k is w[:, k, :]
-        projected = torch.einsum("ond,vid->vnio", w, features)  # (V, k, i, fc7)
-        positions = torch.arange(n, device=features.device)
+        # projected[v, k * n + i] = W_k f_i, contiguous so that a permutation is a sum of rows.
+        projected = torch.einsum("ond,vid->vnio", w, features).reshape(v, n * n, -1)
+        rows = torch.arange(n, device=features.device) * n  # row of (k, i = 0)
         out = []
         for start in range(0, permutations.shape[0], chunk):
             psi = permutations[start : start + chunk].to(features.device)  # (p, n)
-            h = projected[:, positions, psi].sum(dim=2) + self.fc7.bias  # (V, p, fc7)
+            pick = torch.zeros(psi.shape[0], n * n, device=features.device,
+                               dtype=projected.dtype)
+            pick.scatter_(1, rows + psi, 1.0)  # one-hot of (k, psi_k) for every k
+            h = pick @ projected + self.fc7.bias  # (V, p, fc7) = b + sum_k W_k f_psik
             out.append(self.after_fc7(h.flatten(0, 1)).view(v, psi.shape[0], -1))
         return torch.cat(out, dim=1)
 
