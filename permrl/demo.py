@@ -1,4 +1,5 @@
-"""`make demo`: train S+T (the `cpu` preset) on built-in data, then compare with random init.
+"""`make demo`: train S+T and S+T+P (the `cpu` preset, same seed and iterations) on built-in
+data, then compare both with random init.
 
 Training data: `demo` images (procedural dead leaves + crops of the top half of the photographs
 bundled with scikit-image) for the spatial task, `demo-videos` clips (a virtual camera panning
@@ -28,43 +29,37 @@ from permrl.train import build_model, geometry_of, puzzle_accuracy, train
 IMAGE_GALLERY, IMAGE_QUERIES = "demo-photos?subset=gallery", "demo-photos?subset=query"
 VIDEO_GALLERY = "demo-videos?subset=gallery&label=photo&count=56&size=64"
 VIDEO_QUERIES = "demo-videos?subset=query&label=photo&count=56&size=64"
-DEMO_STEPS = 2000
+DEMO_STEPS = 800
 DEMO_OVERRIDES = [
     "tasks=[spatial, temporal]",
     "data.images=demo",
-    "data.videos=demo-videos?count=400&size=64",
-    "train.val_every=500",
+    "data.videos=demo-videos?count=400&size=64&frames=12",
+    "temporal.stride_max=2",
+    "train.val_every=200",
+    # A shorter policy cycle than the cpu preset's N = 100, so the short demo sees ~17 episodes.
+    "reinforce.sgd_steps=40",
 ]
+VARIANTS = {"S+T": "policy=uniform", "S+T+P": "policy=reinforce"}
 
 
 def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[str, Any]:
-    cfg = load_config(preset="cpu", overrides=DEMO_OVERRIDES + [
-        f"train.steps={steps or DEMO_STEPS}"])
-    print(f"permrl demo: S+T, cpu preset, {cfg.train.steps} steps on built-in data "
-          f"(images {cfg.data.images}, videos {cfg.data.videos}); run directory {out}")
-    t0 = time.perf_counter()
-    result = train(cfg, out, force=force)
-    train_seconds = time.perf_counter() - t0
-
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    unseen = open_source(IMAGE_QUERIES + "&limit=100")
-    unseen_tiles = validation_tiles(unseen, np.arange(len(unseen)), geometry_of(cfg),
-                                    SkipCounter())
-    rows = {}
-    for name, random_init in (("S+T (trained)", False), ("random init", True)):
-        trunk, _, _ = load_trunk(out / "checkpoint.pt", random_init=random_init)
-        model = build_model(cfg)
-        if not random_init:
-            model.load_state_dict(ckpt["model"])
-        spatial_perms = torch.from_numpy(ckpt["permutations"]["spatial"])
-        rows[name] = {
-            "images": knn(trunk, cfg, IMAGE_GALLERY, IMAGE_QUERIES),
-            "videos": knn(trunk, cfg, VIDEO_GALLERY, VIDEO_QUERIES),
-            "puzzle_unseen": puzzle_accuracy(model, "spatial", unseen_tiles, spatial_perms),
-        }
-    rows["S+T (trained)"]["puzzle_xval"] = result.val_accuracy
+    rows: dict[str, dict[str, Any]] = {}
+    train_seconds: dict[str, float] = {}
+    for variant, policy in VARIANTS.items():
+        cfg = load_config(preset="cpu", overrides=DEMO_OVERRIDES + [
+            policy, f"train.steps={steps or DEMO_STEPS}"])
+        run_dir = out / variant.replace("+", "_")
+        print(f"permrl demo: {variant}, cpu preset, {cfg.train.steps} steps on built-in data "
+              f"(images {cfg.data.images}, videos {cfg.data.videos}); run directory {run_dir}")
+        t0 = time.perf_counter()
+        result = train(cfg, run_dir, force=force)
+        train_seconds[variant] = time.perf_counter() - t0
+        rows[variant] = evaluate(cfg, run_dir / "checkpoint.pt", random_init=False)
+        rows[variant]["puzzle_xval"] = result.val_accuracy
+    rows["random init"] = evaluate(cfg, run_dir / "checkpoint.pt", random_init=True)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     report = {"train_seconds": train_seconds, "steps": cfg.train.steps, "rows": rows,
-              "unseen_images": int(unseen_tiles.shape[0]),
+              "unseen_images": UNSEEN_IMAGES,
               "permutations": {k: len(v) for k, v in ckpt["permutations"].items()}}
     table = format_table(report)
     (out / "demo.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -73,14 +68,35 @@ def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[st
     return report
 
 
+UNSEEN_IMAGES = 100
+
+
+def evaluate(cfg: Any, checkpoint: Path, random_init: bool) -> dict[str, Any]:
+    """Image and video retrieval, and spatial puzzle accuracy on unseen photo crops."""
+    trunk, _, _ = load_trunk(checkpoint, random_init=random_init)
+    model = build_model(cfg)
+    ckpt = load_checkpoint(checkpoint)
+    if not random_init:
+        model.load_state_dict(ckpt["model"])
+    unseen = open_source(f"{IMAGE_QUERIES}&limit={UNSEEN_IMAGES}")
+    unseen_tiles = validation_tiles(unseen, np.arange(len(unseen)), geometry_of(cfg),
+                                    SkipCounter())
+    spatial_perms = torch.from_numpy(ckpt["permutations"]["spatial"])
+    return {
+        "images": knn(trunk, cfg, IMAGE_GALLERY, IMAGE_QUERIES),
+        "videos": knn(trunk, cfg, VIDEO_GALLERY, VIDEO_QUERIES),
+        "puzzle_unseen": puzzle_accuracy(model, "spatial", unseen_tiles, spatial_perms),
+    }
+
+
 def format_table(report: dict[str, Any]) -> str:
     rows = report["rows"]
     first = next(iter(rows.values()))
     img, vid = first["images"], first["videos"]
     ks = [k for k in ("top1", "top5", "top10", "top20", "top50") if k in img and k in vid]
-    trained = rows["S+T (trained)"]
+    seconds = ", ".join(f"{v} {t:.0f} s" for v, t in report["train_seconds"].items())
     lines = [
-        f"S+T trained {report['steps']} steps in {report['train_seconds']:.0f} s. Retrieval "
+        f"Each variant trained {report['steps']} steps ({seconds}), same seed. Retrieval "
         f"(cosine, {img['layer']}, BN statistics: {img['bn_stats']}), labelled by photo, on "
         "photo regions never trained on:",
         f"- images: {img['queries']} query crops (bottom-right quarters) vs {img['gallery']} "
@@ -95,20 +111,20 @@ def format_table(report: dict[str, Any]) -> str:
     for name, row in rows.items():
         for label, res in (("images", row["images"]), ("videos, frame level", row["videos"]),
                            ("videos, video level", row["videos"]["video_level"])):
-            cells = " | ".join(f"{100 * res[k]:.1f}" for k in ks)
+            cells = " | ".join(f"{100 * res[k]:.1f}" if k in res else "-" for k in ks)
             lines.append(f"| {name} | {label} | {cells} |")
     perms = report["permutations"]
-    xval = trained["puzzle_xval"]
     lines += [
         "",
         "Held-out puzzle accuracy, all permutations of each sample (chance "
         + ", ".join(f"{n} {1 / p:.1%}" for n, p in perms.items()) + "):",
-        "| network | " + " | ".join(f"{n} X_val" for n in xval)
+        "",
+        "| network | " + " | ".join(f"{n} X_val" for n in perms)
         + f" | spatial, {report['unseen_images']} unseen photo crops |",
-        "|---|" + "---|" * (len(xval) + 1),
-        "| S+T (trained) | " + " | ".join(f"{100 * a:.1f}" for a in xval.values())
-        + f" | {100 * trained['puzzle_unseen']:.1f} |",
-        "| random init | " + " | ".join("-" for _ in xval)
-        + f" | {100 * rows['random init']['puzzle_unseen']:.1f} |",
+        "|---|" + "---|" * (len(perms) + 1),
     ]
+    for name, row in rows.items():
+        xval = row.get("puzzle_xval", {})
+        cells = " | ".join(f"{100 * xval[n]:.1f}" if n in xval else "-" for n in perms)
+        lines.append(f"| {name} | {cells} | {100 * row['puzzle_unseen']:.1f} |")
     return "\n".join(lines)

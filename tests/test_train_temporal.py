@@ -137,11 +137,13 @@ def test_trains_on_a_folder_of_real_videos_and_counts_bad_ones(tmp_path, capfd):
         write_video(root / ("left" if i % 2 else "right") / f"v{i}.avi", 16, i)
     write_video(root / "left" / "short.avi", 2, 99)  # shorter than the clip
     (root / "right" / "corrupt.avi").write_bytes(b"RIFF not really a video")
-    cfg = tiny("tasks=[temporal]", "train.steps=3", f"data.videos=videos:{root}",
-               "train.val_size=3")
+    cfg = tiny("tasks=[temporal]", "train.steps=5", f"data.videos=videos:{root}",
+               "train.val_size=3", "policy=reinforce", "reinforce.sgd_steps=1",
+               "reinforce.episode_batches=1", "reinforce.groups=3")  # T+P
     result = train(cfg, tmp_path / "run", progress=False)
     err = capfd.readouterr().err
     assert result.skipped >= 1 and "skipped" in err
+    assert [r["step"] for r in records(tmp_path / "run") if "episode" in r] == [2, 4]
     # Video retrieval on the same files: frame level (paper) and video level.
     trunk, cfg2, _ = load_trunk(tmp_path / "run/checkpoint.pt")
     res = knn(trunk, cfg2, f"videos:{root}", f"videos:{root}")

@@ -1,0 +1,35 @@
+"""`make demo` end to end on a tiny configuration: both variants train, the table prints."""
+
+from __future__ import annotations
+
+import json
+
+import permrl.demo as demo
+
+TINY = [
+    "tasks=[spatial, temporal]", "data.images=dead-leaves?count=30&size=80", "data.workers=0",
+    "data.videos=demo-videos?count=20&frames=12&size=40", "model.width=0.125", "model.fc6=16",
+    "model.fc7=32", "model.lstm=16", "spatial.permutations=12", "temporal.frames=4",
+    "temporal.permutations=12", "temporal.stride_max=2", "train.batch_size=8",
+    "train.val_size=4", "train.val_every=0", "train.threads=1", "reinforce.sgd_steps=2",
+    "reinforce.episode_batches=1", "reinforce.groups=3",
+]
+
+
+def test_demo_trains_both_variants_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "DEMO_OVERRIDES", TINY)
+    monkeypatch.setattr(demo, "VIDEO_GALLERY", "demo-videos?subset=gallery&label=photo&count=14"
+                        "&size=40")
+    monkeypatch.setattr(demo, "VIDEO_QUERIES", "demo-videos?subset=query&label=photo&count=14"
+                        "&size=40")
+    report = demo.run_demo(tmp_path, steps=4)
+    assert list(report["rows"]) == ["S+T", "S+T+P", "random init"]
+    out = capsys.readouterr().out
+    for name in ("| S+T | images |", "| S+T+P | videos, frame level |",
+                 "| random init | videos, video level |"):
+        assert name in out
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["rows"]["S+T+P"]["images"]["queries"] == 224
+    episodes = [json.loads(line) for line in (tmp_path / "S_T_P/metrics.jsonl").open()
+                if "episode" in line]
+    assert episodes and not (tmp_path / "S_T/metrics.jsonl").read_text().count("episode")
