@@ -72,6 +72,26 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from permrl.ablate import ablate
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    ablate(args.out, variants, args.seeds, config_file=args.config, preset=args.preset,
+           overrides=args.set or [])
+    print(f"table: {Path(args.out) / 'table.md'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from permrl.report.html import write_report
+
+    path = Path(args.path)
+    if not path.is_dir():
+        raise RunError(f"report: {path} is not a run, ablation or demo directory")
+    print(f"report: {write_report(path, args.out)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from permrl.demo import run_demo
 
@@ -124,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="architecture for --random-init without a checkpoint")
     k.add_argument("--out", help="write the JSON result here")
     k.set_defaults(func=cmd_eval_knn)
+
+    a = sub.add_parser("ablate", help="Table 5: train and evaluate variants x seeds")
+    a.add_argument("--preset", choices=["cpu", "paper"], default=None)
+    a.add_argument("--config", help="YAML file shared by every cell")
+    a.add_argument("--variants", default="S,S+P,T,T+P,S&T,S+T,S+T+P",
+                   help="comma-separated, from S,S+P,T,T+P,S&T,S+T,S+T+P")
+    a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
+    a.add_argument("--out", required=True, help="ablation directory (a rerun resumes it)")
+    a.add_argument("--set", action="append", metavar="KEY=VALUE", help="shared override")
+    a.set_defaults(func=cmd_ablate)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of a run/ablation/demo")
+    r.add_argument("path", help="RUN_DIR, ablation directory or demo directory")
+    r.add_argument("--out", help="HTML file (default PATH/report.html)")
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="train on built-in data and compare with random init")
     d.add_argument("--out", default="runs/demo")

@@ -95,6 +95,9 @@ class EvalConfig:
     input_size: int = 64  # evaluation images (paper: 227)
     conv1_stride: int = 2  # paper: 4 on 227 px images, same weights as training
     layer: str = "pool5"
+    knn_every: int = 0  # retrieval during training every N steps (0 = never; Fig. 5)
+    knn_train: str = "demo-photos?subset=gallery"  # gallery source for knn_every
+    knn_test: str = "demo-photos?subset=query"  # query source for knn_every
 
 
 @dataclass
@@ -241,7 +244,7 @@ def validate(cfg: Config) -> Config:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
     for key in ("data.workers", "train.warmup_steps", "train.val_every", "train.threads",
-                "train.serial_switch", "reinforce.entropy_weight", "reinforce.gamma",
+                "train.serial_switch", "eval.knn_every", "reinforce.entropy_weight", "reinforce.gamma",
                 "reinforce.baseline_momentum", "temporal.grey_prob", "temporal.colour_jitter",
                 "train.weight_decay", "train.momentum", "model.dropout",
                 "spatial.grey_prob", "spatial.colour_jitter"):

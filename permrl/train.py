@@ -41,6 +41,7 @@ from permrl.data.batches import (
 from permrl.data.samples import PuzzleGeometry, shuffle_tiles
 from permrl.data.sources import SkipCounter, open_source
 from permrl.data.video_sources import open_video_source
+from permrl.evaluate.knn import evaluate_knn
 from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead
 from permrl.models.trunk import CaffeNetBN
 from permrl.permutations import load_permutations, permutation_checksum, select_permutations
@@ -223,6 +224,22 @@ class PermutationErrors:
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(self.path)
+
+
+def retrieval_during_training(
+    model: OrderingNet, cfg: Config, device: torch.device
+) -> dict[str, Any]:
+    """kNN Top-k of the current trunk on `eval.knn_train` / `eval.knn_test` (Fig. 5), with the
+    same protocol as `permrl eval knn` (BN re-estimated on a copy; the model is untouched)."""
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]):  # training's random stream stays untouched
+        result = evaluate_knn(
+            model.trunk, open_source(cfg.eval.knn_train), open_source(cfg.eval.knn_test),
+            layer=cfg.eval.layer, input_size=cfg.eval.input_size,
+            conv1_stride=cfg.eval.conv1_stride, device=device,
+        )
+    model.train(was_training)
+    return {f"knn_{k}": v for k, v in result.items() if k.startswith("top")}
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module):
@@ -478,6 +495,8 @@ def train(
                 postfix_policy[name] = episode  # reward and error go to the progress bar
         if (cfg.train.val_every and done % cfg.train.val_every == 0) or done == cfg.train.steps:
             val_acc = validate(done)
+        if cfg.eval.knn_every and (done % cfg.eval.knn_every == 0 or done == cfg.train.steps):
+            log.write({"step": done} | retrieval_during_training(model, cfg, device))
         if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):
             checkpoint(done)
         bar.update(1)

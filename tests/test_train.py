@@ -138,3 +138,14 @@ def test_too_small_source_is_a_clear_error(tmp_path):
     cfg = tiny("train.steps=1", "data.images=dead-leaves?count=5&size=80")
     with pytest.raises(RunError, match="val_size"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_retrieval_during_training_is_logged_and_changes_nothing(tmp_path):
+    knn = ["eval.knn_every=2", "eval.knn_train=demo-photos?subset=gallery&crops=2",
+           "eval.knn_test=demo-photos?subset=query&crops=1", "model.dropout=0.3"]
+    train(tiny("train.steps=4", *knn), tmp_path / "knn", progress=False)
+    train(tiny("train.steps=4", "model.dropout=0.3"), tmp_path / "plain", progress=False)
+    logged = [r for r in records(tmp_path / "knn") if "knn_top1" in r]
+    assert [r["step"] for r in logged] == [2, 4] and "knn_top20" in logged[0]
+    a, b = weights(tmp_path / "knn"), weights(tmp_path / "plain")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the evaluation leaves training untouched

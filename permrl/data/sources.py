@@ -1,6 +1,7 @@
 """Image sources named by strings `KIND:PATH[?key=value&...]`, and a Dataset over them.
 
-Kinds: folder:/dir, fashion-mnist[:/dir], demo-photos, dead-leaves, demo (see open_source).
+Kinds: folder:/dir, fashion-mnist[:/dir], demo-photos, dead-leaves, demo, voc2007:/dir (see
+open_source).
 Every kind takes `?limit=N` (first N items). Whole-source problems raise SourceError; single
 unreadable images load as None and are counted by the caller (SkipCounter).
 """
@@ -33,7 +34,9 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 DEMO_MIX_CROPS = 64
 """Crops per photo of the demo-photos train region in the `demo` mix."""
 
-SOURCE_KINDS: tuple[str, ...] = ("folder", "fashion-mnist", "demo-photos", "dead-leaves", "demo")
+SOURCE_KINDS: tuple[str, ...] = (
+    "folder", "fashion-mnist", "demo-photos", "dead-leaves", "demo", "voc2007",
+)  # fmt: skip
 
 
 class SourceError(ValueError):
@@ -300,6 +303,12 @@ def _dead_leaves_source(
     return ImageSource(spec, _DeadLeavesItems(count, size, seed))
 
 
+def _voc2007_source(spec: str, path: str, opt: dict[str, Any]) -> ImageSource:
+    from permrl.data.voc import open_voc2007  # voc imports this module
+
+    return open_voc2007(spec, path, opt["subset"], opt["mode"], opt["min_pixels"])
+
+
 # Parsing -------------------------------------------------------------------------------------
 
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -308,10 +317,15 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "demo-photos": {"subset": DEMO_SUBSETS, "crops": 16, "seed": 0},
     "dead-leaves": {"count": 10000, "size": 128, "seed": 0},
     "demo": {"count": 4000, "size": 128, "seed": 0},
+    "voc2007": {
+        "subset": ("trainval", "test", "train", "val"),
+        "mode": ("objects", "images"),
+        "min_pixels": 10000,
+    },
 }
 """Options of each kind with their defaults: a tuple lists the choices, its first the default."""
 
-_TAKES_PATH = {"folder", "fashion-mnist"}
+_TAKES_PATH = {"folder", "fashion-mnist", "voc2007"}
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
@@ -382,6 +396,10 @@ def open_source(spec: str) -> ImageSource:
     dead-leaves                 procedural images; ?count=10000&size=128&seed=0
     demo                        dead-leaves (rendered once into memory) + demo-photos train
                                 crops (64 per photo), unlabelled; ?count=4000&size=128&seed=0
+    voc2007:/dir                Pascal VOC 2007 (/dir/VOCdevkit/VOC2007 or /dir = VOC2007);
+                                ?subset=trainval|test|train|val, ?mode=objects (box crops,
+                                labelled; ?min_pixels=10000) | images (whole, multi-label
+                                in .targets); see permrl.data.voc
     Any kind: ?limit=N keeps the first N items.
     """
     kind, path, opt = parse_spec(spec)
@@ -397,6 +415,7 @@ def open_source(spec: str) -> ImageSource:
             ],
             spec,
         ),
+        "voc2007": lambda: _voc2007_source(spec, path, opt),
     }
     source = makers[kind]()
     if opt["limit"] is not None:

@@ -1,0 +1,425 @@
+"""Figures of a training run (matplotlib, Agg backend): one PNG per function.
+
+Every ``plot_*`` function writes one PNG and returns its path, or returns None (and writes no
+file) when the data it needs is absent from the run directory. The figures follow the paper
+(Buechler, Brattoli, Ommer, ECCV 2018):
+
+- Fig. 3 (:func:`plot_fig3_neighbours`): queries and their top-5 nearest neighbours.
+- Fig. 4 (:func:`plot_fig4_quartiles`): per episode, the share of chosen permutations in each
+  difficulty quartile (quartile 0 = easiest, by validation error at the episode's start).
+- Fig. 5 (:func:`plot_fig5_retrieval`): kNN Top-1 over training steps, one line per variant.
+- Fig. 6 (:func:`plot_fig6_permutation_errors`): per-permutation validation error over time,
+  rows sorted by mean error, (A) with the policy and (B) without.
+
+Plus :func:`plot_training_curves` (loss, training and held-out accuracy) and
+:func:`plot_policy` (policy probabilities per group over episodes, and the reward).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DPI = 120
+TASKS = ("spatial", "temporal")
+QUARTILE_LABELS = ("easiest 25%", "2nd 25%", "3rd 25%", "hardest 25%")
+QUARTILE_COLOURS = ("#1a9850", "#a6d96a", "#fdae61", "#d73027")  # green (easy) .. red (hard)
+TASK_COLOURS = {"spatial": "#1f77b4", "temporal": "#ff7f0e"}
+
+
+# Reading a run directory ------------------------------------------------------------------
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/metrics.jsonl in file order ([] if the file is absent).
+
+    Blank or unparsable lines (e.g. a line cut short by a killed run) are skipped.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """RUN_DIR/config.yaml as a dict ({} if absent or unreadable)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def run_tasks(run_dir: str | Path, records: list[dict] | None = None) -> list[str]:
+    """Tasks of a run: from config.yaml, else those with loss records in metrics.jsonl."""
+    tasks = read_config(run_dir).get("tasks")
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if tasks:
+        return [str(t) for t in tasks]
+    records = read_metrics(run_dir) if records is None else records
+    return [t for t in TASKS if any(f"{t}_loss" in r for r in records)]
+
+
+def episode_records(records: list[dict], task: str) -> list[dict]:
+    """Policy episode records of one task, in file order."""
+    return [r for r in records if r.get("task") == task and "episode" in r]
+
+
+def retrieval_curve(run_dir: str | Path, key: str = "knn_top1") -> list[tuple[int, float]]:
+    """(step, Top-1) of every retrieval-over-training record of a run, sorted by step."""
+    points = [(int(r["step"]), float(r[key])) for r in read_metrics(run_dir)
+              if "step" in r and r.get(key) is not None]
+    return sorted(points)
+
+
+def load_permutation_errors(run_dir: str | Path, task: str
+                            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps (T,), errors (T, |Psi|) float32) from RUN_DIR/permutation_errors.npz, or None."""
+    path = Path(run_dir) / "permutation_errors.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        if f"{task}_errors" not in data:
+            return None
+        errors = np.asarray(data[f"{task}_errors"], dtype=np.float32)
+        steps = (np.asarray(data[f"{task}_steps"]) if f"{task}_steps" in data
+                 else np.arange(len(errors)))
+    if errors.ndim != 2 or errors.size == 0:
+        return None
+    return steps, errors
+
+
+def sort_rows_by_mean(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a (rows, cols) array sorted by their mean, ascending (stable on ties).
+
+    Returns (sorted array, order) with ``sorted = errors[order]``: row 0 has the lowest mean.
+    """
+    errors = np.asarray(errors)
+    order = np.argsort(errors.mean(axis=1), kind="stable")
+    return errors[order], order
+
+
+# Helpers ----------------------------------------------------------------------------------
+def _title(fig: Figure, title: str, subtitle: str) -> None:
+    fig.suptitle(title, fontsize=13, fontweight="bold", y=0.995)
+    fig.text(0.5, 0.955, subtitle, ha="center", va="top", fontsize=9, color="#444444",
+             wrap=True)
+
+
+def _save(fig: Figure, out_png: str | Path, top: float = 0.88) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
+def _run_label(run_dir: str | Path) -> str:
+    path = Path(run_dir)
+    return path.name if not path.name.startswith("seed") else f"{path.parent.name}/{path.name}"
+
+
+def _percent(values: Sequence[float]) -> np.ndarray:
+    """Values in % (fractions in 0..1 are scaled by 100; values already above 1 are kept)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values * 100 if values.size and np.nanmax(np.abs(values)) <= 1.0 else values
+
+
+def _chance(run_dir: str | Path, task: str) -> float | None:
+    n = read_config(run_dir).get(task, {})
+    n = n.get("permutations") if isinstance(n, dict) else None
+    return 100.0 / n if isinstance(n, int) and n > 0 else None
+
+
+# Training curves --------------------------------------------------------------------------
+def plot_training_curves(run_dir: str | Path, out_png: str | Path) -> Path | None:
+    """Per task: training loss (top) and training / held-out accuracy (bottom) vs step."""
+    records = read_metrics(run_dir)
+    tasks = [t for t in run_tasks(run_dir, records)
+             if any(f"{t}_loss" in r or f"{t}_val_accuracy" in r for r in records)]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.2 * len(tasks), 6.6), squeeze=False)
+    for col, task in enumerate(tasks):
+        colour = TASK_COLOURS.get(task, "#1f77b4")
+        train = [r for r in records if f"{task}_loss" in r and "step" in r]
+        val = [r for r in records if f"{task}_val_accuracy" in r and "step" in r]
+        ax = axes[0, col]
+        if train:
+            ax.plot([r["step"] for r in train], [r[f"{task}_loss"] for r in train],
+                    color=colour, lw=1.5, label="training loss")
+            ax.legend(loc="upper right", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no training records", ha="center", transform=ax.transAxes)
+        ax.set_title(f"{task} task: loss")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("cross-entropy loss (nats)")
+        ax.grid(alpha=0.3)
+        ax = axes[1, col]
+        train_acc = [r for r in train if f"{task}_accuracy" in r]
+        if train_acc:
+            ax.plot([r["step"] for r in train_acc],
+                    _percent([r[f"{task}_accuracy"] for r in train_acc]),
+                    color=colour, lw=1.2, alpha=0.8, label="training batches")
+        if val:
+            ax.plot([r["step"] for r in val], _percent([r[f"{task}_val_accuracy"] for r in val]),
+                    color="black", marker="o", ms=4, lw=1.5, label="held-out (X_val)")
+        chance = _chance(run_dir, task)
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.2g}%)")
+        ax.set_title(f"{task} task: accuracy")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("permutation accuracy (%)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    _title(fig, f"Training curves: {_run_label(run_dir)}",
+           "Loss and accuracy of the permutation classifier on training batches (lines) and "
+           "on held-out puzzles X_val (dots)")
+    return _save(fig, out_png)
+
+
+# Fig. 4 -----------------------------------------------------------------------------------
+def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
+                        task: str = "spatial") -> Path | None:
+    """Paper Fig. 4: share of chosen permutations per difficulty quartile, per episode."""
+    episodes = [r for r in episode_records(read_metrics(run_dir), task)
+                if r.get("chosen_quartiles") and sum(r["chosen_quartiles"]) > 0]
+    if not episodes:
+        return None
+    counts = np.asarray([r["chosen_quartiles"][:4] for r in episodes], dtype=np.float64)
+    shares = 100 * counts / counts.sum(axis=1, keepdims=True)
+    x = np.asarray([r.get("episode", i) for i, r in enumerate(episodes)])
+    fig, ax = plt.subplots(figsize=(max(6.5, min(14.0, 0.3 * len(x) + 4)), 4.4))
+    bottom = np.zeros(len(x))
+    width = 0.85 if len(x) > 1 else 0.5
+    for q in range(4):
+        ax.bar(x, shares[:, q], bottom=bottom, width=width, color=QUARTILE_COLOURS[q],
+               label=QUARTILE_LABELS[q], edgecolor="white", linewidth=0.3)
+        bottom += shares[:, q]
+    for level in (25, 50, 75):
+        ax.axhline(level, color="black", ls=":", lw=0.8, alpha=0.6)
+    ax.set_xlim(x.min() - 0.6, x.max() + 0.6)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("policy episode")
+    ax.set_ylabel("chosen permutations (%)")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5),
+              fontsize=8, title="difficulty quartile", title_fontsize=8)
+    _title(fig, f"Fig. 4: permutations chosen by the policy ({task}, {_run_label(run_dir)})",
+           "Quartiles by per-permutation validation error at the episode's start; "
+           "dotted lines = uniform sampling (25% each)")
+    return _save(fig, out_png)
+
+
+# Fig. 5 -----------------------------------------------------------------------------------
+def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str | Path,
+                        reference: dict[str, float] | None = None,
+                        metric: str = "kNN Top-1") -> Path | None:
+    """Paper Fig. 5: kNN Top-1 (%) over training steps, one line per variant.
+
+    ``curves`` maps a variant name to (step, top1) points (fractions or %); ``reference``
+    optionally maps a name (e.g. "random init") to a horizontal line.
+    """
+    curves = {name: sorted(points) for name, points in curves.items() if points}
+    if not curves:
+        return None
+    scale = 100.0 if all(v <= 1.0 for pts in curves.values() for _, v in pts) else 1.0
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    cmap = plt.get_cmap("tab10")
+    for i, (name, points) in enumerate(curves.items()):
+        steps = [s for s, _ in points]
+        values = [v * scale for _, v in points]
+        ax.plot(steps, values, marker="o", ms=3.5, lw=1.6, color=cmap(i % 10), label=name,
+                ls="-" if "P" in name.replace("+", " ").split() else "--")
+    for j, (name, value) in enumerate((reference or {}).items()):
+        value = value * 100 if value <= 1.0 and scale == 100.0 else value
+        ax.axhline(value, color="grey", ls=":", lw=1.2)
+        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right",
+                    va="bottom", fontsize=8, color="#555555")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="variant",
+              title_fontsize=8)
+    _title(fig, f"Fig. 5: {metric} nearest-neighbour retrieval during training",
+           "Cosine similarity of pool5 features, test items as queries; "
+           "solid = with policy (P), dashed = without")
+    return _save(fig, out_png)
+
+
+# Fig. 6 -----------------------------------------------------------------------------------
+def _step_ticks(ax, steps: np.ndarray) -> None:
+    n = len(steps)
+    idx = np.unique(np.linspace(0, n - 1, min(n, 6)).round().astype(int))
+    ax.set_xticks(idx)
+    ax.set_xticklabels([str(int(s)) for s in steps[idx]], fontsize=8)
+
+
+def plot_fig6_permutation_errors(with_policy_run: str | Path | None,
+                                 without_policy_run: str | Path | None,
+                                 out_png: str | Path, task: str = "spatial") -> Path | None:
+    """Paper Fig. 6: per-permutation validation error over time, rows sorted by mean error.
+
+    One heatmap per available run, (A) with the policy and (B) without; each panel's rows
+    (permutations) are sorted by that panel's mean error, lowest at the top. Columns are the
+    recorded states in order (x tick labels give their training step).
+    """
+    panels = []
+    for letter, label, run in (("A", "with policy", with_policy_run),
+                               ("B", "without policy", without_policy_run)):
+        data = load_permutation_errors(run, task) if run is not None else None
+        if data is not None:
+            panels.append((letter, label, run, *data))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.2, 5.4),
+                             squeeze=False)
+    image = None
+    for ax, (letter, label, run, steps, errors) in zip(axes[0], panels, strict=True):
+        rows, _ = sort_rows_by_mean(errors.T)  # (|Psi|, T)
+        image = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap="viridis",
+                          vmin=0.0, vmax=1.0)
+        _step_ticks(ax, steps)
+        ax.set_xlabel(f"validation state ({len(steps)} in all; tick = training step)")
+        ax.set_ylabel(f"permutation, sorted by mean error ({rows.shape[0]} rows)")
+        ax.set_title(f"({letter}) {label}: {_run_label(run)}", fontsize=10)
+    cbar = fig.colorbar(image, ax=list(axes[0]), fraction=0.04, pad=0.02)
+    cbar.set_label("validation error (0..1)")
+    fig.suptitle(f"Fig. 6: per-permutation validation error over time ({task} task)",
+                 fontsize=13, fontweight="bold", y=0.995)
+    fig.text(0.5, 0.945, "Each row is one permutation (lowest mean error at the top); "
+             "colour = its error on X_val at that state", ha="center", va="top", fontsize=9,
+             color="#444444")
+    fig.subplots_adjust(left=0.08, right=0.86, top=0.86, bottom=0.12, wspace=0.3)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
+# Fig. 3 -----------------------------------------------------------------------------------
+def plot_fig3_neighbours(query_images: Sequence[np.ndarray],
+                         neighbour_images: Sequence[Sequence[np.ndarray]],
+                         out_png: str | Path, titles: Sequence[Any] | None = None,
+                         hits: Sequence[Sequence[bool]] | None = None) -> Path | None:
+    """Paper Fig. 3: one row per query: the query, then its nearest neighbours (Top-1 first).
+
+    Images are uint8 (H, W, 3) (or (H, W) grey) arrays. ``titles``: per row either one string
+    (the query's label) or a list with one string per cell (query first). ``hits[i][j]`` marks
+    neighbour j of query i as the same class (green border) or not (red border).
+    """
+    if len(query_images) == 0:
+        return None
+    n_rows = len(query_images)
+    n_cols = 1 + max((len(n) for n in neighbour_images), default=0)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.7 * n_cols + 0.3, 1.85 * n_rows + 0.9),
+                             squeeze=False)
+    for i in range(n_rows):
+        neighbours = list(neighbour_images[i]) if i < len(neighbour_images) else []
+        row_titles = titles[i] if titles is not None and i < len(titles) else None
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            image = query_images[i] if j == 0 else (
+                neighbours[j - 1] if j - 1 < len(neighbours) else None)
+            if image is None:
+                ax.axis("off")
+                continue
+            image = np.asarray(image)
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+            colour, width = "black", 1.0
+            if j > 0 and hits is not None and i < len(hits) and j - 1 < len(hits[i]):
+                colour, width = ("#1a9850", 4.0) if hits[i][j - 1] else ("#d73027", 4.0)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(width)
+            if isinstance(row_titles, str):
+                label = f"query: {row_titles}" if j == 0 else ""
+            elif row_titles is not None and j < len(row_titles):
+                label = str(row_titles[j])
+            else:
+                label = "query" if j == 0 else f"Top-{j}"
+            ax.set_title(label, fontsize=8)
+    subtitle = "Query (left) and its nearest training images by cosine similarity of pool5 " \
+        "features, Top-1 first"
+    if hits is not None:
+        subtitle += "; green = same class, red = other class"
+    _title(fig, "Fig. 3: nearest neighbours", subtitle)
+    return _save(fig, out_png, top=1 - 0.75 / fig.get_figheight())
+
+
+# Policy -----------------------------------------------------------------------------------
+def plot_policy(run_dir: str | Path, out_png: str | Path, task: str = "spatial") -> Path | None:
+    """Policy probability of each group (hardest group first) per episode, and the reward."""
+    episodes = [r for r in episode_records(read_metrics(run_dir), task) if r.get("policy_probs")]
+    if not episodes:
+        return None
+    width = max(len(r["policy_probs"]) for r in episodes)
+    probs = np.full((width, len(episodes)), np.nan)
+    for k, r in enumerate(episodes):
+        probs[: len(r["policy_probs"]), k] = r["policy_probs"]
+    x = np.asarray([r.get("episode", k) for k, r in enumerate(episodes)])
+    rewarded = [(xi, r) for xi, r in zip(x, episodes, strict=True) if r.get("reward") is not None]
+    n_panels = 2 if rewarded else 1
+    fig, axes = plt.subplots(n_panels, 1, figsize=(max(7.0, min(14.0, 0.25 * len(x) + 5)),
+                                                   3.4 * n_panels + 0.8),
+                             squeeze=False, sharex=True)
+    ax = axes[0, 0]
+    vmax = max(float(np.nanmax(probs)), 2.0 / width)
+    image = ax.imshow(probs, aspect="auto", interpolation="nearest", cmap="magma", vmin=0.0,
+                      vmax=vmax, extent=(x.min() - 0.5, x.max() + 0.5, width - 0.5, -0.5))
+    ax.set_yticks(range(width))
+    ax.set_yticklabels([f"{g}" + (" (hardest)" if g == 0 else " (easiest)" if g == width - 1
+                                  else "") for g in range(width)], fontsize=7)
+    ax.set_ylabel("permutation group")
+    ax.set_title("policy probability of each group (groups ordered hardest first)", fontsize=10)
+    cbar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01)
+    cbar.set_label(f"probability (uniform = {1 / width:.2f})")
+    if rewarded:
+        ax = axes[1, 0]
+        rx = [xi for xi, _ in rewarded]
+        ax.bar(rx, [r["reward"] for _, r in rewarded], color="#4c72b0", width=0.8,
+               label="reward (error decrease vs extrapolation)")
+        if any(r.get("baseline") is not None for _, r in rewarded):
+            ax.plot([xi for xi, r in rewarded if r.get("baseline") is not None],
+                    [r["baseline"] for _, r in rewarded if r.get("baseline") is not None],
+                    color="black", lw=1.2, label="baseline (moving average)")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel("reward (validation error)")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(alpha=0.3)
+        # keep the two panels' x extents aligned: the colour bar steals width from the top one
+        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01).ax.set_visible(False)
+    axes[-1, 0].set_xlabel("policy episode")
+    _title(fig, f"Policy over episodes ({task}, {_run_label(run_dir)})",
+           "Top: probabilities of the policy's actions (k-means groups of permutations); "
+           "bottom: reward of each episode")
+    return _save(fig, out_png, top=0.9)
