@@ -64,11 +64,7 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
         )
     for w in caught:
         print(f"permrl: warning: {w.message}", file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_json(result, args.out)
     return 0
 
 
@@ -89,6 +85,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not path.is_dir():
         raise RunError(f"report: {path} is not a run, ablation or demo directory")
     print(f"report: {write_report(path, args.out)}")
+    return 0
+
+
+def write_json(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    print(text)
+
+
+def cmd_eval_probe(args: argparse.Namespace) -> int:
+    from permrl.evaluate.run import probe_from_checkpoint
+
+    write_json(probe_from_checkpoint(
+        args.checkpoint, args.train, args.test, layer=args.layer, head=args.head,
+        random_init=args.random_init, preset=args.preset, cache_dir=args.cache,
+        bn_stats=args.bn_stats, epochs=args.epochs), args.out)
+    return 0
+
+
+def cmd_eval_finetune(args: argparse.Namespace) -> int:
+    from permrl.evaluate.run import finetune_from_checkpoint
+
+    write_json(finetune_from_checkpoint(
+        args.checkpoint, args.train, args.test, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, random_init=args.random_init, preset=args.preset, seed=args.seed), args.out)
     return 0
 
 
@@ -159,6 +182,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("path", help="RUN_DIR, ablation directory or demo directory")
     r.add_argument("--out", help="HTML file (default PATH/report.html)")
     r.set_defaults(func=cmd_report)
+
+    pr = evsub.add_parser("probe", help="linear / MLP probe on frozen features (Table 2)")
+    pr.add_argument("--checkpoint")
+    pr.add_argument("--train", required=True, help="labelled source, KIND:PATH")
+    pr.add_argument("--test", required=True, help="labelled source, KIND:PATH")
+    pr.add_argument("--layer", default="pool5", help="trunk block, conv1..pool5")
+    pr.add_argument("--head", choices=["linear", "mlp"], default="linear")
+    pr.add_argument("--epochs", type=int, default=30, help="fixed; nothing tuned on test")
+    pr.add_argument("--bn-stats", choices=["gallery", "stored"], default="gallery",
+                    help="re-estimate BN on the training images (default) or keep stored")
+    pr.add_argument("--cache", help="feature cache folder (default: beside the checkpoint)")
+    pr.add_argument("--random-init", action="store_true")
+    pr.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    pr.add_argument("--out", help="write the JSON result here")
+    pr.set_defaults(func=cmd_eval_probe)
+
+    ft = evsub.add_parser("finetune", help="fine-tune conv1..conv5 with new fc layers "
+                          "(Tables 3-5; VOC mAP, video accuracy over 25 frames)")
+    ft.add_argument("--checkpoint")
+    ft.add_argument("--train", required=True, help="labelled source (voc2007:...?mode=images "
+                    "for multi-label mAP; a video source for UCF-101/HMDB-51)")
+    ft.add_argument("--test", required=True)
+    ft.add_argument("--steps", type=int, default=2000)
+    ft.add_argument("--batch-size", type=int, default=64)
+    ft.add_argument("--lr", type=float, default=0.01)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--random-init", action="store_true")
+    ft.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    ft.add_argument("--out", help="write the JSON result here")
+    ft.set_defaults(func=cmd_eval_finetune)
 
     d = sub.add_parser("demo", help="train on built-in data and compare with random init")
     d.add_argument("--out", default="runs/demo")

@@ -244,7 +244,8 @@ def validate(cfg: Config) -> Config:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
     for key in ("data.workers", "train.warmup_steps", "train.val_every", "train.threads",
-                "train.serial_switch", "eval.knn_every", "reinforce.entropy_weight", "reinforce.gamma",
+                "train.serial_switch", "eval.knn_every", "reinforce.entropy_weight",
+                "reinforce.gamma",
                 "reinforce.baseline_momentum", "temporal.grey_prob", "temporal.colour_jitter",
                 "train.weight_decay", "train.momentum", "model.dropout",
                 "spatial.grey_prob", "spatial.colour_jitter"):

@@ -12,6 +12,7 @@ frames each); puzzle accuracy is measured on each task's X_val and on unseen pho
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from permrl.ablate import ablate
 from permrl.checkpoint import load_checkpoint
-from permrl.config import load_config
+from permrl.config import config_from_dict
 from permrl.data.batches import validation_tiles
 from permrl.data.sources import SkipCounter, open_source
 from permrl.evaluate.run import knn, load_trunk
-from permrl.train import build_model, geometry_of, puzzle_accuracy, train
+from permrl.report.html import write_report
+from permrl.train import RunError, build_model, geometry_of, puzzle_accuracy
 
-IMAGE_GALLERY, IMAGE_QUERIES = "demo-photos?subset=gallery", "demo-photos?subset=query"
+IMAGE_QUERIES = "demo-photos?subset=query"  # unseen photo crops for the puzzle accuracy
 VIDEO_GALLERY = "demo-videos?subset=gallery&label=photo&count=56&size=64"
 VIDEO_QUERIES = "demo-videos?subset=query&label=photo&count=56&size=64"
 DEMO_STEPS = 800
@@ -39,23 +42,30 @@ DEMO_OVERRIDES = [
     # A shorter policy cycle than the cpu preset's N = 100, so the short demo sees ~17 episodes.
     "reinforce.sgd_steps=40",
 ]
-VARIANTS = {"S+T": "policy=uniform", "S+T+P": "policy=reinforce"}
+VARIANTS = ["S+T", "S+T+P"]
 
 
 def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[str, Any]:
+    """Ablation of S+T vs S+T+P (one seed), extra evaluations, the table, the HTML report."""
+    if out.exists() and any(out.iterdir()):
+        if not ((out / "demo.json").exists() or (out / "ablation").exists()):
+            raise RunError(f"{out} is not empty and not a previous demo; choose another --out")
+        if force:
+            shutil.rmtree(out)
+    overrides = DEMO_OVERRIDES + [f"train.steps={steps or DEMO_STEPS}",
+                                  f"eval.knn_every={max(1, (steps or DEMO_STEPS) // 4)}"]
+    print(f"permrl demo: {' vs '.join(VARIANTS)}, cpu preset, same seed and iterations, on "
+          f"built-in data; ablation directory {out / 'ablation'}")
+    t0 = time.perf_counter()
+    ablation = ablate(out / "ablation", VARIANTS, seeds=1, preset="cpu", overrides=overrides)
+    train_seconds = time.perf_counter() - t0
     rows: dict[str, dict[str, Any]] = {}
-    train_seconds: dict[str, float] = {}
-    for variant, policy in VARIANTS.items():
-        cfg = load_config(preset="cpu", overrides=DEMO_OVERRIDES + [
-            policy, f"train.steps={steps or DEMO_STEPS}"])
-        run_dir = out / variant.replace("+", "_")
-        print(f"permrl demo: {variant}, cpu preset, {cfg.train.steps} steps on built-in data "
-              f"(images {cfg.data.images}, videos {cfg.data.videos}); run directory {run_dir}")
-        t0 = time.perf_counter()
-        result = train(cfg, run_dir, force=force)
-        train_seconds[variant] = time.perf_counter() - t0
-        rows[variant] = evaluate(cfg, run_dir / "checkpoint.pt", random_init=False)
-        rows[variant]["puzzle_xval"] = result.val_accuracy
+    for cell in ablation["cells"]:
+        run_dir = Path(cell["run_dir"])
+        cfg = config_from_dict(load_checkpoint(run_dir / "checkpoint.pt")["config"])
+        rows[cell["variant"]] = evaluate(cfg, run_dir / "checkpoint.pt", random_init=False,
+                                         images=cell["knn"])
+        rows[cell["variant"]]["puzzle_xval"] = final_validation(run_dir)
     rows["random init"] = evaluate(cfg, run_dir / "checkpoint.pt", random_init=True)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     report = {"train_seconds": train_seconds, "steps": cfg.train.steps, "rows": rows,
@@ -65,13 +75,28 @@ def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[st
     (out / "demo.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out / "demo.md").write_text(table + "\n")
     print(table)
+    html = write_report(out)
+    print(f"\nreport: {html}")
     return report
+
+
+def final_validation(run_dir: Path) -> dict[str, float]:
+    """Each task's last held-out puzzle accuracy from metrics.jsonl."""
+    last: dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if key.endswith("_val_accuracy"):
+                last[key.removesuffix("_val_accuracy")] = value
+    return last
 
 
 UNSEEN_IMAGES = 100
 
 
-def evaluate(cfg: Any, checkpoint: Path, random_init: bool) -> dict[str, Any]:
+def evaluate(
+    cfg: Any, checkpoint: Path, random_init: bool, images: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Image and video retrieval, and spatial puzzle accuracy on unseen photo crops."""
     trunk, _, _ = load_trunk(checkpoint, random_init=random_init)
     model = build_model(cfg)
@@ -83,7 +108,7 @@ def evaluate(cfg: Any, checkpoint: Path, random_init: bool) -> dict[str, Any]:
                                     SkipCounter())
     spatial_perms = torch.from_numpy(ckpt["permutations"]["spatial"])
     return {
-        "images": knn(trunk, cfg, IMAGE_GALLERY, IMAGE_QUERIES),
+        "images": images or knn(trunk, cfg, cfg.eval.knn_train, cfg.eval.knn_test),
         "videos": knn(trunk, cfg, VIDEO_GALLERY, VIDEO_QUERIES),
         "puzzle_unseen": puzzle_accuracy(model, "spatial", unseen_tiles, spatial_perms),
     }
@@ -94,9 +119,9 @@ def format_table(report: dict[str, Any]) -> str:
     first = next(iter(rows.values()))
     img, vid = first["images"], first["videos"]
     ks = [k for k in ("top1", "top5", "top10", "top20", "top50") if k in img and k in vid]
-    seconds = ", ".join(f"{v} {t:.0f} s" for v, t in report["train_seconds"].items())
     lines = [
-        f"Each variant trained {report['steps']} steps ({seconds}), same seed. Retrieval "
+        f"Each variant trained {report['steps']} steps, same seed (training and the ablation's "
+        f"evaluation {report['train_seconds']:.0f} s in all). Retrieval "
         f"(cosine, {img['layer']}, BN statistics: {img['bn_stats']}), labelled by photo, on "
         "photo regions never trained on:",
         f"- images: {img['queries']} query crops (bottom-right quarters) vs {img['gallery']} "

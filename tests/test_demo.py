@@ -13,6 +13,8 @@ TINY = [
     "temporal.permutations=12", "temporal.stride_max=2", "train.batch_size=8",
     "train.val_size=4", "train.val_every=0", "train.threads=1", "reinforce.sgd_steps=2",
     "reinforce.episode_batches=1", "reinforce.groups=3",
+    "eval.knn_train=demo-photos?subset=gallery&crops=3",
+    "eval.knn_test=demo-photos?subset=query&crops=2",
 ]
 
 
@@ -23,13 +25,17 @@ def test_demo_trains_both_variants_and_prints_the_table(tmp_path, monkeypatch, c
     monkeypatch.setattr(demo, "VIDEO_QUERIES", "demo-videos?subset=query&label=photo&count=14"
                         "&size=40")
     report = demo.run_demo(tmp_path, steps=4)
-    assert list(report["rows"]) == ["S+T", "S+T+P", "random init"]
     out = capsys.readouterr().out
+    assert list(report["rows"]) == ["S+T", "S+T+P", "random init"]
     for name in ("| S+T | images |", "| S+T+P | videos, frame level |",
                  "| random init | videos, video level |"):
         assert name in out
     saved = json.loads((tmp_path / "demo.json").read_text())
-    assert saved["rows"]["S+T+P"]["images"]["queries"] == 224
-    episodes = [json.loads(line) for line in (tmp_path / "S_T_P/metrics.jsonl").open()
+    assert saved["rows"]["S+T+P"]["images"]["queries"] == 28  # the ablation's evaluation
+    assert saved["rows"]["random init"]["images"]["queries"] == 28
+    runs = tmp_path / "ablation"
+    episodes = [json.loads(line) for line in (runs / "S+T+P/seed0/metrics.jsonl").open()
                 if "episode" in line]
-    assert episodes and not (tmp_path / "S_T/metrics.jsonl").read_text().count("episode")
+    assert episodes and not (runs / "S+T/seed0/metrics.jsonl").read_text().count("episode")
+    assert (runs / "table.md").exists() and (tmp_path / "report.html").stat().st_size > 10_000
+    assert "report.html" in out

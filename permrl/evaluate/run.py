@@ -11,8 +11,10 @@ from permrl.checkpoint import load_checkpoint
 from permrl.config import Config, config_from_dict, load_config
 from permrl.data.sources import open_source
 from permrl.data.video_sources import VIDEO_SOURCE_KINDS, open_video_source
+from permrl.evaluate.finetune import finetune
 from permrl.evaluate.knn import evaluate_knn
-from permrl.evaluate.video_knn import evaluate_video_knn
+from permrl.evaluate.probe import checkpoint_key, evaluate_probe
+from permrl.evaluate.video_knn import VideoFrames, evaluate_video_knn
 from permrl.models.trunk import CaffeNetBN
 from permrl.train import RunError, build_model, resolve_device
 
@@ -75,5 +77,60 @@ def knn_from_checkpoint(
     device = resolve_device(cfg.train.device)
     result = knn(trunk.to(device), cfg, train, test, layer=layer, bn_stats=bn_stats,
                  device=device)
+    result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
+    return result
+
+
+def open_any(spec: str) -> Any:
+    """An image source, or a video source (its frames seen as images where a probe needs it)."""
+    return open_video_source(spec) if is_video_source(spec) else open_source(spec)
+
+
+def probe_from_checkpoint(
+    checkpoint: str | Path | None, train: str, test: str, *, layer: str = "pool5",
+    head: str = "linear", random_init: bool = False, preset: str = "cpu",
+    cache_dir: str | Path | None = None, bn_stats: str = "gallery", epochs: int = 30,
+) -> dict[str, Any]:
+    """`permrl eval probe` (Table 2): a linear or MLP classifier on frozen features."""
+    trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
+    device = resolve_device(cfg.train.device)
+    cache = Path(cache_dir) if cache_dir else (
+        Path(checkpoint).parent / "features" if checkpoint else Path(".permrl-cache"))
+    sources = []
+    for spec in (train, test):
+        source = open_any(spec)
+        sources.append(VideoFrames(source) if is_video_source(spec) else source)
+    try:
+        result = evaluate_probe(
+            trunk.to(device), sources[0], sources[1], layer=layer, head=head,
+            input_size=cfg.eval.input_size, conv1_stride=cfg.eval.conv1_stride,
+            cache_dir=cache, key=checkpoint_key(checkpoint, random_init), bn_stats=bn_stats,
+            workers=cfg.data.workers, device=device, epochs=epochs,
+        )
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise RunError(str(e)) from None
+    result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
+    return result
+
+
+def finetune_from_checkpoint(
+    checkpoint: str | Path | None, train: str, test: str, *, steps: int, batch_size: int = 64,
+    lr: float = 0.01, random_init: bool = False, preset: str = "cpu", seed: int = 0,
+) -> dict[str, Any]:
+    """`permrl eval finetune` (Tables 3-5): conv1..conv5 from the checkpoint, new fc layers."""
+    trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
+    device = resolve_device(cfg.train.device)
+    try:
+        result = finetune(
+            trunk, open_any(train), open_any(test), input_size=cfg.eval.input_size,
+            conv1_stride=cfg.eval.conv1_stride, steps=steps, batch_size=batch_size, lr=lr,
+            device=device, seed=seed, workers=cfg.data.workers,
+        )
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise RunError(str(e)) from None
     result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
     return result

@@ -18,6 +18,7 @@ Plus :func:`plot_training_curves` (loss, training and held-out accuracy) and
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,22 +125,29 @@ def sort_rows_by_mean(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Helpers ----------------------------------------------------------------------------------
+HEADER_IN = 0.62  # inches above the axes for the title and the subtitle
+
+
 def _title(fig: Figure, title: str, subtitle: str) -> None:
-    fig.suptitle(title, fontsize=13, fontweight="bold", y=0.995)
-    fig.text(0.5, 0.955, subtitle, ha="center", va="top", fontsize=9, color="#444444",
-             wrap=True)
+    """Bold title and a grey one-line caption, at fixed distances (inches) from the top."""
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=13, fontweight="bold", y=1 - 0.06 / height, va="top")
+    fig.text(0.5, 1 - 0.36 / height, subtitle, ha="center", va="top", fontsize=9,
+             color="#444444")
 
 
-def _save(fig: Figure, out_png: str | Path, top: float = 0.88) -> Path:
+def _save(fig: Figure, out_png: str | Path, tight: bool = True) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout(rect=(0, 0, 1, top))
+    if tight:
+        fig.tight_layout(pad=0.6, h_pad=1.2, w_pad=1.2,
+                         rect=(0, 0, 1, 1 - HEADER_IN / fig.get_figheight()))
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
     return out
 
 
-def _run_label(run_dir: str | Path) -> str:
+def run_label(run_dir: str | Path) -> str:
     path = Path(run_dir)
     return path.name if not path.name.startswith("seed") else f"{path.parent.name}/{path.name}"
 
@@ -154,6 +162,21 @@ def _chance(run_dir: str | Path, task: str) -> float | None:
     n = read_config(run_dir).get(task, {})
     n = n.get("permutations") if isinstance(n, dict) else None
     return 100.0 / n if isinstance(n, int) and n > 0 else None
+
+
+def _episode_axis(ax, episodes: list[dict]) -> np.ndarray:
+    """x = episode ordinal (0, 1, ... in file order; the records' own ``episode`` field can
+    repeat, e.g. a first episode without an update), with the training step on a top axis."""
+    x = np.arange(len(episodes))
+    steps = [r.get("step") for r in episodes]
+    if all(isinstance(s, int | float) for s in steps):
+        top = ax.twiny()
+        top.set_xlim(ax.get_xlim())
+        idx = np.unique(np.linspace(0, len(x) - 1, min(len(x), 6)).round().astype(int))
+        top.set_xticks(idx)
+        top.set_xticklabels([str(int(steps[i])) for i in idx], fontsize=7, color="#555555")
+        top.set_xlabel("training step at the episode's end", fontsize=8, color="#555555")
+    return x
 
 
 # Training curves --------------------------------------------------------------------------
@@ -198,7 +221,7 @@ def plot_training_curves(run_dir: str | Path, out_png: str | Path) -> Path | Non
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    _title(fig, f"Training curves: {_run_label(run_dir)}",
+    _title(fig, f"Training curves: {run_label(run_dir)}",
            "Loss and accuracy of the permutation classifier on training batches (lines) and "
            "on held-out puzzles X_val (dots)")
     return _save(fig, out_png)
@@ -214,8 +237,8 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
         return None
     counts = np.asarray([r["chosen_quartiles"][:4] for r in episodes], dtype=np.float64)
     shares = 100 * counts / counts.sum(axis=1, keepdims=True)
-    x = np.asarray([r.get("episode", i) for i, r in enumerate(episodes)])
-    fig, ax = plt.subplots(figsize=(max(6.5, min(14.0, 0.3 * len(x) + 4)), 4.4))
+    x = np.arange(len(episodes))
+    fig, ax = plt.subplots(figsize=(max(6.5, min(14.0, 0.3 * len(x) + 4)), 4.8))
     bottom = np.zeros(len(x))
     width = 0.85 if len(x) > 1 else 0.5
     for q in range(4):
@@ -228,12 +251,13 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
     ax.set_ylim(0, 100)
     ax.set_xlabel("policy episode")
     ax.set_ylabel("chosen permutations (%)")
+    _episode_axis(ax, episodes)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5),
               fontsize=8, title="difficulty quartile", title_fontsize=8)
-    _title(fig, f"Fig. 4: permutations chosen by the policy ({task}, {_run_label(run_dir)})",
-           "Quartiles by per-permutation validation error at the episode's start; "
-           "dotted lines = uniform sampling (25% each)")
+    _title(fig, f"Fig. 4: permutations chosen by the policy ({task}, {run_label(run_dir)})",
+           "Quartiles by per-permutation validation error at the episode's start; dotted "
+           "lines = the quartile boundaries under uniform sampling (25% each)")
     return _save(fig, out_png)
 
 
@@ -256,8 +280,8 @@ def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str
         steps = [s for s, _ in points]
         values = [v * scale for _, v in points]
         ax.plot(steps, values, marker="o", ms=3.5, lw=1.6, color=cmap(i % 10), label=name,
-                ls="-" if "P" in name.replace("+", " ").split() else "--")
-    for j, (name, value) in enumerate((reference or {}).items()):
+                ls="-" if "P" in re.split(r"[+_\s]", name) else "--")
+    for name, value in (reference or {}).items():
         value = value * 100 if value <= 1.0 and scale == 100.0 else value
         ax.axhline(value, color="grey", ls=":", lw=1.2)
         ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right",
@@ -298,8 +322,11 @@ def plot_fig6_permutation_errors(with_policy_run: str | Path | None,
             panels.append((letter, label, run, *data))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.2, 5.4),
-                             squeeze=False)
+    width, height = max(8.0, 5.2 * len(panels) + 1.4), 5.6
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
+    panel_right = 1 - 1.3 / width
+    fig.subplots_adjust(left=0.75 / width, right=panel_right, bottom=0.75 / height,
+                        top=1 - (HEADER_IN + 0.3) / height, wspace=0.9 / 5.2)
     image = None
     for ax, (letter, label, run, steps, errors) in zip(axes[0], panels, strict=True):
         rows, _ = sort_rows_by_mean(errors.T)  # (|Psi|, T)
@@ -308,20 +335,15 @@ def plot_fig6_permutation_errors(with_policy_run: str | Path | None,
         _step_ticks(ax, steps)
         ax.set_xlabel(f"validation state ({len(steps)} in all; tick = training step)")
         ax.set_ylabel(f"permutation, sorted by mean error ({rows.shape[0]} rows)")
-        ax.set_title(f"({letter}) {label}: {_run_label(run)}", fontsize=10)
-    cbar = fig.colorbar(image, ax=list(axes[0]), fraction=0.04, pad=0.02)
+        ax.set_title(f"({letter}) {label}: {run_label(run)}", fontsize=10)
+    cax = fig.add_axes((panel_right + 0.25 / width, 0.75 / height, 0.2 / width,
+                        1 - (HEADER_IN + 1.05) / height))
+    cbar = fig.colorbar(image, cax=cax)
     cbar.set_label("validation error (0..1)")
-    fig.suptitle(f"Fig. 6: per-permutation validation error over time ({task} task)",
-                 fontsize=13, fontweight="bold", y=0.995)
-    fig.text(0.5, 0.945, "Each row is one permutation (lowest mean error at the top); "
-             "colour = its error on X_val at that state", ha="center", va="top", fontsize=9,
-             color="#444444")
-    fig.subplots_adjust(left=0.08, right=0.86, top=0.86, bottom=0.12, wspace=0.3)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+    _title(fig, f"Fig. 6: per-permutation validation error over time ({task} task)",
+           "Each row is one permutation (lowest mean error at the top); "
+           "colour = its error on X_val at that state")
+    return _save(fig, out_png, tight=False)
 
 
 # Fig. 3 -----------------------------------------------------------------------------------
@@ -339,8 +361,11 @@ def plot_fig3_neighbours(query_images: Sequence[np.ndarray],
         return None
     n_rows = len(query_images)
     n_cols = 1 + max((len(n) for n in neighbour_images), default=0)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.7 * n_cols + 0.3, 1.85 * n_rows + 0.9),
-                             squeeze=False)
+    width, height = 1.7 * n_cols + 0.3, 1.95 * n_rows + HEADER_IN + 0.1
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=0.1 / width, right=1 - 0.1 / width, bottom=0.1 / height,
+                        top=1 - (HEADER_IN + 0.25) / height, wspace=0.08,
+                        hspace=0.3 / 1.65)
     for i in range(n_rows):
         neighbours = list(neighbour_images[i]) if i < len(neighbour_images) else []
         row_titles = titles[i] if titles is not None and i < len(titles) else None
@@ -362,7 +387,7 @@ def plot_fig3_neighbours(query_images: Sequence[np.ndarray],
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(width)
             if isinstance(row_titles, str):
-                label = f"query: {row_titles}" if j == 0 else ""
+                label = f"query: {row_titles}" if j == 0 else f"Top-{j}"
             elif row_titles is not None and j < len(row_titles):
                 label = str(row_titles[j])
             else:
@@ -373,7 +398,7 @@ def plot_fig3_neighbours(query_images: Sequence[np.ndarray],
     if hits is not None:
         subtitle += "; green = same class, red = other class"
     _title(fig, "Fig. 3: nearest neighbours", subtitle)
-    return _save(fig, out_png, top=1 - 0.75 / fig.get_figheight())
+    return _save(fig, out_png, tight=False)
 
 
 # Policy -----------------------------------------------------------------------------------
@@ -382,44 +407,48 @@ def plot_policy(run_dir: str | Path, out_png: str | Path, task: str = "spatial")
     episodes = [r for r in episode_records(read_metrics(run_dir), task) if r.get("policy_probs")]
     if not episodes:
         return None
-    width = max(len(r["policy_probs"]) for r in episodes)
-    probs = np.full((width, len(episodes)), np.nan)
+    n_groups = max(len(r["policy_probs"]) for r in episodes)
+    probs = np.full((n_groups, len(episodes)), np.nan)
     for k, r in enumerate(episodes):
         probs[: len(r["policy_probs"]), k] = r["policy_probs"]
-    x = np.asarray([r.get("episode", k) for k, r in enumerate(episodes)])
+    x = np.arange(len(episodes))
     rewarded = [(xi, r) for xi, r in zip(x, episodes, strict=True) if r.get("reward") is not None]
     n_panels = 2 if rewarded else 1
-    fig, axes = plt.subplots(n_panels, 1, figsize=(max(7.0, min(14.0, 0.25 * len(x) + 5)),
-                                                   3.4 * n_panels + 0.8),
-                             squeeze=False, sharex=True)
-    ax = axes[0, 0]
-    vmax = max(float(np.nanmax(probs)), 2.0 / width)
+    width, height = max(7.5, min(14.0, 0.25 * len(x) + 5.5)), 3.5 * n_panels + 1.0
+    fig = plt.figure(figsize=(width, height))
+    grid = fig.add_gridspec(n_panels, 2, width_ratios=(1, 0.025), wspace=0.03, hspace=0.25,
+                            left=1.1 / width, right=1 - 0.8 / width, bottom=0.55 / height,
+                            top=1 - (HEADER_IN + 0.55) / height)
+    ax = fig.add_subplot(grid[0, 0])
+    vmax = max(float(np.nanmax(probs)), 2.0 / n_groups)
     image = ax.imshow(probs, aspect="auto", interpolation="nearest", cmap="magma", vmin=0.0,
-                      vmax=vmax, extent=(x.min() - 0.5, x.max() + 0.5, width - 0.5, -0.5))
-    ax.set_yticks(range(width))
-    ax.set_yticklabels([f"{g}" + (" (hardest)" if g == 0 else " (easiest)" if g == width - 1
-                                  else "") for g in range(width)], fontsize=7)
-    ax.set_ylabel("permutation group")
-    ax.set_title("policy probability of each group (groups ordered hardest first)", fontsize=10)
-    cbar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01)
-    cbar.set_label(f"probability (uniform = {1 / width:.2f})")
+                      vmax=vmax, extent=(x.min() - 0.5, x.max() + 0.5, n_groups - 0.5, -0.5))
+    ax.set_yticks(range(n_groups))
+    ax.set_yticklabels([f"{g}" + (" (hardest)" if g == 0 else " (easiest)" if g == n_groups - 1
+                                  else "") for g in range(n_groups)], fontsize=7)
+    ax.set_ylabel("permutation group (hardest first)")
     if rewarded:
-        ax = axes[1, 0]
+        ax.tick_params(labelbottom=False)
+    else:
+        ax.set_xlabel("policy episode")
+    cbar = fig.colorbar(image, cax=fig.add_subplot(grid[0, 1]))
+    cbar.set_label(f"policy probability (uniform = {1 / n_groups:.2f})")
+    _episode_axis(ax, episodes)
+    if rewarded:
+        ax = fig.add_subplot(grid[1, 0], sharex=ax)
         rx = [xi for xi, _ in rewarded]
         ax.bar(rx, [r["reward"] for _, r in rewarded], color="#4c72b0", width=0.8,
-               label="reward (error decrease vs extrapolation)")
-        if any(r.get("baseline") is not None for _, r in rewarded):
-            ax.plot([xi for xi, r in rewarded if r.get("baseline") is not None],
-                    [r["baseline"] for _, r in rewarded if r.get("baseline") is not None],
-                    color="black", lw=1.2, label="baseline (moving average)")
+               label="reward: extrapolated error - error after the episode")
+        based = [(xi, r["baseline"]) for xi, r in rewarded if r.get("baseline") is not None]
+        if based:
+            ax.plot([b[0] for b in based], [b[1] for b in based], color="black", lw=1.2,
+                    label="baseline (moving average of rewards)")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_ylabel("reward (validation error)")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlabel("policy episode")
+        ax.legend(fontsize=8, loc="best", framealpha=0.9)
         ax.grid(alpha=0.3)
-        # keep the two panels' x extents aligned: the colour bar steals width from the top one
-        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01).ax.set_visible(False)
-    axes[-1, 0].set_xlabel("policy episode")
-    _title(fig, f"Policy over episodes ({task}, {_run_label(run_dir)})",
+    _title(fig, f"Policy over episodes ({task}, {run_label(run_dir)})",
            "Top: probabilities of the policy's actions (k-means groups of permutations); "
            "bottom: reward of each episode")
-    return _save(fig, out_png, top=0.9)
+    return _save(fig, out_png, tight=False)

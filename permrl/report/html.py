@@ -1,0 +1,530 @@
+"""One self-contained HTML report of a run, an ablation or a demo directory.
+
+:func:`write_report` detects what ``path`` is:
+
+- a RUN_DIR (``metrics.jsonl`` / ``config.yaml``): header from the resolved config, training
+  curves, Figs. 4 and 6 and the policy (per task, when the run has them), Fig. 5 when the run
+  logged retrieval-over-training records, and the config;
+- an ablation directory (``cells.json`` or ``table.md``): the table, Fig. 5 over the variants'
+  first seeds, Fig. 6 of the first "with policy" variant against the same variant without it,
+  Fig. 4 of the first policy run, then one section per run with its training curves;
+- a demo directory (``demo.md`` and sub-run directories): the demo text and tables, Fig. 6 of
+  a policy run against its partner without the policy (e.g. ``S_T_P`` vs ``S_T``), and one
+  section per sub run with its figures.
+
+Figures go to ``path/figures/`` and are embedded in the HTML as base64 data URIs; the page has
+inline CSS only (no external CSS, JS, fonts or images). All text from files is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from permrl.report import figures as F
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #333; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 90%; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.kv th { text-align: right; background: #f7f7f7; font-weight: 600; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 90%; color: #444; margin-top: .3em; }
+pre { background: #f6f6f6; border: 1px solid #ddd; padding: .8em; overflow-x: auto;
+      font-size: 85%; }
+code { background: #f2f2f2; padding: 0 .2em; }
+nav ul { columns: 3; }
+.muted { color: #777; }
+"""
+
+CAPTIONS = {
+    "training": "Training loss (top) and permutation accuracy (bottom) per task: thin lines on "
+                "training batches, dots on the held-out puzzles X_val; dotted line = chance.",
+    "fig4": "Paper Fig. 4: share of the permutations chosen in each policy episode, by "
+            "difficulty quartile of their validation error at the episode's start (green = "
+            "easiest 25%, red = hardest 25%). Uniform sampling gives 25% each.",
+    "policy": "The policy's probability for each k-means group of permutations (group 0 = "
+              "hardest) per episode, and the episode's reward (Eq. 7) with the baseline.",
+    "fig5": "Paper Fig. 5: nearest-neighbour retrieval Top-1 (pool5 features, cosine "
+            "similarity) over training steps, one line per variant.",
+    "fig6": "Paper Fig. 6: validation error of every permutation (rows, sorted by mean error "
+            "within each panel) over the recorded validation states; (A) with the policy, "
+            "(B) without. A uniform decrease means all permutations improve alike.",
+}
+
+
+# Markdown and CSV to HTML ---------------------------------------------------------------
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?$")
+
+
+def _inline(text: str) -> str:
+    """Escape text, then render `code` and **bold**."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|") and not line.endswith("\\|"):
+        line = line[:-1]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
+
+
+def _is_separator(line: str) -> bool:
+    cells = _cells(line)
+    return bool(cells) and all(re.fullmatch(r":?-{1,}:?", c) for c in cells)
+
+
+def table_html(rows: list[list[str]], header: bool = True,
+               align: list[str | None] | None = None) -> str:
+    """An HTML table of string rows (escaped); numeric cells get class "num"."""
+    if not rows:
+        return ""
+    width = max(len(r) for r in rows)
+    parts = ["<table>"]
+    for i, row in enumerate(rows):
+        tag = "th" if header and i == 0 else "td"
+        cells = []
+        for j in range(width):
+            text = row[j] if j < len(row) else ""
+            attrs = ""
+            a = align[j] if align is not None and j < len(align) else None
+            if a:
+                attrs = f' style="text-align: {a}"'
+            elif tag == "td" and _NUMBER.match(text.strip()):
+                attrs = ' class="num"'
+            cells.append(f"<{tag}{attrs}>{_inline(text)}</{tag}>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _pipe_table(lines: list[str]) -> str:
+    rows = [_cells(line) for line in lines]
+    if len(lines) >= 2 and _is_separator(lines[1]):
+        align = []
+        for spec in rows[1]:
+            left, right = spec.startswith(":"), spec.endswith(":")
+            align.append("center" if left and right else "right" if right
+                         else "left" if left else None)
+        return table_html([rows[0], *rows[2:]], header=True, align=align)
+    return table_html(rows, header=False)
+
+
+def markdown_to_html(text: str, heading_offset: int = 2) -> str:
+    """A tiny GitHub-flavoured markdown subset: pipe tables, ``-``/``*`` lists, ``#`` headings
+    (shifted down by ``heading_offset`` levels), paragraphs, `code` and **bold**."""
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if not stripped:
+            i += 1
+        elif stripped.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                block.append(lines[i])
+                i += 1
+            out.append(_pipe_table(block))
+        elif re.match(r"#{1,6}\s", stripped):
+            hashes, title = stripped.split(None, 1)
+            level = min(6, len(hashes) + heading_offset)
+            out.append(f"<h{level}>{_inline(title.strip())}</h{level}>")
+            i += 1
+        elif re.match(r"[-*]\s", stripped):
+            items: list[str] = []
+            while i < len(lines) and lines[i].strip():
+                item = lines[i].strip()
+                if re.match(r"[-*]\s", item):
+                    items.append(item[2:].strip())
+                elif items and lines[i][:1].isspace():
+                    items[-1] += " " + item  # continuation line of the previous item
+                else:
+                    break
+                i += 1
+            out.append("<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + "</ul>")
+        else:
+            para = []
+            while (i < len(lines) and lines[i].strip()
+                   and not lines[i].strip().startswith("|")
+                   and not re.match(r"(#{1,6}|[-*])\s", lines[i].strip())):
+                para.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{_inline(' '.join(para))}</p>")
+    return "\n".join(out)
+
+
+def csv_to_html(text: str) -> str:
+    """A CSV text (first row = header) as an HTML table."""
+    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    return table_html(rows, header=True)
+
+
+# Page building ----------------------------------------------------------------------------
+@dataclass
+class _Page:
+    root: Path
+    figures_dir: Path
+    body: list[str] = field(default_factory=list)
+    toc: list[tuple[str, str]] = field(default_factory=list)
+    n_figures: int = 0
+
+    def section(self, title: str, anchor: str, level: int = 2) -> None:
+        if level == 2:
+            self.toc.append((anchor, title))
+        self.body.append(f'<h{level} id="{html.escape(anchor)}">{html.escape(title)}</h{level}>')
+
+    def add(self, fragment: str) -> None:
+        self.body.append(fragment)
+
+    def figure(self, name: str, make, caption: str) -> Path | None:
+        """Run ``make(png_path)``; embed the PNG it wrote (or drop a stale one if None)."""
+        target = self.figures_dir / f"{name}.png"
+        made = make(target)
+        if made is None:
+            target.unlink(missing_ok=True)
+            return None
+        data = base64.b64encode(Path(made).read_bytes()).decode("ascii")
+        alt = html.escape(caption.split(":")[0], quote=True)
+        self.body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.n_figures += 1
+        return Path(made)
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text.replace("&", "and"))
+    return slug.strip("_") or "run"
+
+
+def _kv_table(pairs: list[tuple[str, Any]]) -> str:
+    rows = [f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in pairs if v is not None and v != ""]
+    return '<table class="kv">' + "".join(rows) + "</table>" if rows else ""
+
+
+def _uses_policy(config: dict[str, Any]) -> bool:
+    policy = config.get("policy")
+    return bool(policy) and str(policy).lower() not in {"none", "uniform", "random", "false"}
+
+
+def _fmt(value: Any, percent: bool = True) -> str:
+    if isinstance(value, float):
+        return f"{100 * value:.1f}%" if percent and abs(value) <= 1 else f"{value:.4g}"
+    return str(value)
+
+
+def run_summary(run_dir: Path) -> list[tuple[str, Any]]:
+    """(label, value) pairs describing a run: what it is (config.yaml) and where it ended."""
+    config = F.read_config(run_dir)
+    records = F.read_metrics(run_dir)
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    tasks = F.run_tasks(run_dir, records)
+    pairs: list[tuple[str, Any]] = [
+        ("tasks", ", ".join(tasks) if tasks else None),
+        ("policy", config.get("policy", "(not in config)") if config else None),
+        ("preset", config.get("preset")),
+        ("seed", config.get("seed")),
+        ("steps", train.get("steps")),
+        ("batch size", train.get("batch_size")),
+        ("image data", data.get("images") if "spatial" in tasks else None),
+        ("video data", data.get("videos") if "temporal" in tasks else None),
+    ]
+    for task in tasks:
+        block = config.get(task) if isinstance(config.get(task), dict) else {}
+        if block.get("permutations"):
+            pairs.append((f"{task} permutations |Psi|", block["permutations"]))
+    steps = [r["step"] for r in records if "step" in r and any(k.endswith("_loss") for k in r)]
+    if steps:
+        pairs.append(("last logged step", max(steps)))
+    for task in tasks:
+        val = [r for r in records if f"{task}_val_accuracy" in r]
+        if val:
+            pairs.append((f"final held-out {task} accuracy",
+                          f"{_fmt(val[-1][f'{task}_val_accuracy'])} (step {val[-1].get('step')})"))
+    knn = F.retrieval_curve(run_dir)
+    if knn:
+        pairs.append(("final kNN Top-1", f"{_fmt(knn[-1][1])} (step {knn[-1][0]})"))
+    return pairs
+
+
+def _config_block(run_dir: Path, collapsed: bool) -> str:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return ""
+    pre = f"<pre>{html.escape(path.read_text())}</pre>"
+    if collapsed:
+        return f"<details><summary>resolved config (config.yaml)</summary>{pre}</details>"
+    return f"<h3>Resolved config (config.yaml)</h3>{pre}"
+
+
+def _run_figures(page: _Page, run_dir: Path, prefix: str, *, fig6: bool = True,
+                 fig5: bool = True, policy_figs: bool = True) -> None:
+    """Training curves, then per task Fig. 4, the policy and (one-panel) Fig. 6."""
+    label = F.run_label(run_dir)
+    page.figure(f"{prefix}training", lambda p: F.plot_training_curves(run_dir, p),
+                f"Training curves of {label}. " + CAPTIONS["training"])
+    if fig5:
+        curve = F.retrieval_curve(run_dir)
+        page.figure(f"{prefix}fig5_retrieval",
+                    lambda p: F.plot_fig5_retrieval({label: curve}, p),
+                    f"Retrieval over training of {label}. " + CAPTIONS["fig5"])
+    with_policy = _uses_policy(F.read_config(run_dir)) or bool(
+        [r for r in F.read_metrics(run_dir) if "episode" in r])
+    for task in F.run_tasks(run_dir):
+        if policy_figs:
+            page.figure(f"{prefix}fig4_{task}",
+                        lambda p, t=task: F.plot_fig4_quartiles(run_dir, p, task=t),
+                        f"{task} task of {label}. " + CAPTIONS["fig4"])
+            page.figure(f"{prefix}policy_{task}",
+                        lambda p, t=task: F.plot_policy(run_dir, p, t),
+                        f"{task} task of {label}. " + CAPTIONS["policy"])
+        if fig6:
+            pair = (run_dir, None) if with_policy else (None, run_dir)
+            page.figure(f"{prefix}fig6_{task}",
+                        lambda p, t=task, pr=pair: F.plot_fig6_permutation_errors(*pr, p, task=t),
+                        f"{task} task of {label}. " + CAPTIONS["fig6"])
+
+
+def _partner(name: str, names: list[str]) -> str | None:
+    """The variant without the policy: "S+T+P" -> "S+T", "S_T_P" -> "S_T" (if present)."""
+    tokens = re.split(r"([+_])", name)
+    if "P" not in tokens[::2]:
+        return None
+    words = [t for t in tokens[::2] if t != "P"]
+    for sep in ("+", "_"):
+        candidate = sep.join(words)
+        if candidate != name and candidate in names:
+            return candidate
+    return None
+
+
+def policy_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(with policy, without policy) name pairs, in the order of ``names``."""
+    pairs = []
+    for name in names:
+        partner = _partner(name, names)
+        if partner is not None:
+            pairs.append((name, partner))
+    return pairs
+
+
+def _fig6_pair(page: _Page, with_run: Path, without_run: Path, prefix: str, title: str) -> None:
+    tasks = [t for t in F.run_tasks(with_run) if t in F.run_tasks(without_run)]
+    for task in tasks:
+        page.figure(f"{prefix}fig6_{task}",
+                    lambda p, t=task: F.plot_fig6_permutation_errors(with_run, without_run, p,
+                                                                     task=t),
+                    f"{title}, {task} task. " + CAPTIONS["fig6"])
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "metrics.jsonl").is_file()
+                              or (path / "config.yaml").is_file())
+
+
+def detect_kind(path: Path) -> str:
+    """"run", "ablation" or "demo" (``demo.md``, run directories or ablation directories)."""
+    if (path / "cells.json").is_file() or (path / "table.md").is_file():
+        return "ablation"
+    if (path / "metrics.jsonl").is_file() or (path / "config.yaml").is_file():
+        return "run"
+    if (path / "demo.md").is_file() or any(
+            _is_run_dir(p) or (p / "cells.json").is_file() for p in path.iterdir()):
+        return "demo"
+    raise FileNotFoundError(f"{path}: no metrics.jsonl, config.yaml, cells.json, table.md, "
+                            f"demo.md or run sub-directories")
+
+
+# The three kinds --------------------------------------------------------------------------
+def _report_run(page: _Page, run_dir: Path) -> str:
+    page.add(_kv_table(run_summary(run_dir)))
+    page.section("Figures", "figures")
+    _run_figures(page, run_dir, "")
+    page.section("Resolved config", "config")
+    page.add(_config_block(run_dir, collapsed=False).replace(
+        "<h3>Resolved config (config.yaml)</h3>", ""))
+    return f"Training run {run_dir.name}"
+
+
+def _ablation_runs(root: Path) -> list[tuple[str, Any, Path, dict]]:
+    """(variant, seed, run_dir, cell) from cells.json, else from VARIANT/seedN/ directories."""
+    runs = []
+    cells_path = root / "cells.json"
+    if cells_path.is_file():
+        cells = json.loads(cells_path.read_text())
+        if isinstance(cells, dict):
+            cells = cells.get("cells", [])
+        for cell in cells if isinstance(cells, list) else []:
+            if not isinstance(cell, dict):
+                continue
+            variant, seed = str(cell.get("variant", "?")), cell.get("seed")
+            run_dir = Path(str(cell.get("run_dir", "")))
+            by_name = [root / variant / f"seed{seed}",
+                       root / variant.replace("&", "_then_") / f"seed{seed}"]
+            candidates = [run_dir, *by_name] if run_dir.is_absolute() else [
+                root / run_dir, *by_name, run_dir]
+            found = next((c for c in candidates if str(c) and _is_run_dir(c)), None)
+            if found is not None:
+                runs.append((variant, seed, found, cell))
+        if runs:
+            return runs
+    for variant_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for seed_dir in sorted(p for p in variant_dir.iterdir() if _is_run_dir(p)):
+            match = re.fullmatch(r"seed(\d+)", seed_dir.name)
+            runs.append((variant_dir.name, int(match.group(1)) if match else seed_dir.name,
+                         seed_dir, {}))
+    return runs
+
+
+def _cell_summary(cell: dict) -> str:
+    knn = cell.get("knn")
+    if not isinstance(knn, dict):
+        return ""
+    values = [f"{k}: {_fmt(v)}" for k, v in knn.items()
+              if re.fullmatch(r"top\d+", str(k)) and isinstance(v, int | float)]
+    return f"<p>kNN retrieval of this run: {html.escape(', '.join(values))}</p>" if values else ""
+
+
+def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "") -> str:
+    """Table, Figs. 5/6/4 and one section per run; ``prefix`` names figures and anchors of
+    an ablation nested in a demo directory, ``title`` prefixes its section titles."""
+    runs = _ablation_runs(root)
+    variants = list(dict.fromkeys(v for v, _, _, _ in runs))
+
+    def order(run: tuple) -> tuple:
+        seed = run[1]
+        return (variants.index(run[0]), 0 if isinstance(seed, int) else 1,
+                seed if isinstance(seed, int) else 0, str(seed))
+
+    first: dict[str, Path] = {}
+    for variant, _, run_dir, _ in sorted(runs, key=order):
+        first.setdefault(variant, run_dir)
+    page.section(f"{title}Results table", f"{prefix}table")
+    shared = dict(run_summary(runs[0][2])) if runs else {}
+    seeds = list(dict.fromkeys(str(seed) for _, seed, _, _ in runs))
+    page.add(_kv_table([("runs", len(runs)), ("variants", ", ".join(variants)),
+                        ("seeds", ", ".join(seeds))]
+                       + [(k, shared.get(k)) for k in ("preset", "steps", "batch size",
+                                                       "image data", "video data")]))
+    if (root / "table.md").is_file():
+        page.add(markdown_to_html((root / "table.md").read_text()))
+    elif (root / "table.csv").is_file():
+        page.add(csv_to_html((root / "table.csv").read_text()))
+    else:
+        page.add('<p class="muted">No table.md or table.csv.</p>')
+
+    page.section(f"{title}Paper figures", f"{prefix}paper-figures")
+    curves = {v: F.retrieval_curve(first[v]) for v in variants}
+    if page.figure(f"{prefix}fig5_retrieval", lambda p: F.plot_fig5_retrieval(curves, p),
+                   "First seed of each variant. " + CAPTIONS["fig5"]) is None:
+        page.add('<p class="muted">Fig. 5: no retrieval-over-training (knn_top1) records.</p>')
+    pairs = policy_pairs(variants)
+    if pairs:
+        with_v, without_v = pairs[0]
+        _fig6_pair(page, first[with_v], first[without_v], prefix,
+                   f"(A) {with_v} vs (B) {without_v}, first seed")
+        for task in F.run_tasks(first[with_v]):
+            page.figure(f"{prefix}fig4_{task}",
+                        lambda p, t=task: F.plot_fig4_quartiles(first[with_v], p, task=t),
+                        f"{with_v}, first seed, {task} task. " + CAPTIONS["fig4"])
+            page.figure(f"{prefix}policy_{task}",
+                        lambda p, t=task: F.plot_policy(first[with_v], p, t),
+                        f"{with_v}, first seed, {task} task. " + CAPTIONS["policy"])
+
+    page.section(f"{title}Runs", f"{prefix}runs")
+    for index, (variant, seed, run_dir, cell) in enumerate(runs):
+        page.section(f"{variant}, seed {seed}", f"{prefix}run-{index:02d}-{_slug(variant)}",
+                     level=3)
+        rel = run_dir.relative_to(root.parent) if run_dir.is_relative_to(root.parent) \
+            else run_dir
+        page.add(f'<p>Run directory: <code>{html.escape(str(rel))}</code></p>')
+        page.add(_kv_table(run_summary(run_dir)))
+        page.add(_cell_summary(cell))
+        page.figure(f"{prefix}run{index:02d}_{_slug(variant)}_seed{seed}_training",
+                    lambda p, r=run_dir: F.plot_training_curves(r, p),
+                    f"Training curves of {variant}, seed {seed}. " + CAPTIONS["training"])
+        page.add(_config_block(run_dir, collapsed=True))
+    return f"Ablation {root.name}"
+
+
+def _report_demo(page: _Page, root: Path) -> str:
+    runs = sorted(p for p in root.iterdir() if _is_run_dir(p))
+    if (root / "demo.md").is_file():
+        page.section("Summary", "summary")
+        page.add(markdown_to_html((root / "demo.md").read_text()))
+    for nested in sorted(p for p in root.iterdir() if p.is_dir() and (
+            (p / "cells.json").is_file() or (p / "table.md").is_file())):
+        _report_ablation(page, nested, prefix=f"{_slug(nested.name)}_",
+                         title=f"{nested.name}: ")
+    names = [r.name for r in runs]
+    pairs = policy_pairs(names)
+    if pairs:
+        page.section("Fig. 6: with and without the policy", "fig6")
+        for with_name, without_name in pairs:
+            _fig6_pair(page, root / with_name, root / without_name,
+                       f"{_slug(with_name)}_vs_{_slug(without_name)}_",
+                       f"(A) {with_name} vs (B) {without_name}")
+    curves = {r.name: F.retrieval_curve(r) for r in runs}
+    if any(curves.values()):
+        page.section("Fig. 5: retrieval over training", "fig5")
+        page.figure("fig5_retrieval", lambda p: F.plot_fig5_retrieval(curves, p),
+                    CAPTIONS["fig5"])
+    for index, run_dir in enumerate(runs):
+        page.section(f"Run {run_dir.name}", f"run-{_slug(run_dir.name)}")
+        page.add(_kv_table(run_summary(run_dir)))
+        _run_figures(page, run_dir, f"run{index:02d}_{_slug(run_dir.name)}_", fig6=not pairs,
+                     fig5=False)
+        page.add(_config_block(run_dir, collapsed=True))
+    return f"Demo {root.name}"
+
+
+def write_report(path: str | Path, out_html: str | Path | None = None) -> Path:
+    """Render ``path`` (a RUN_DIR, an ablation or a demo directory) into one HTML file.
+
+    Figures are written to ``path/figures/`` and embedded; the page goes to ``out_html``
+    (default ``path/report.html``). Returns the HTML path.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory")
+    kind = detect_kind(root)
+    page = _Page(root, root / "figures")
+    page.figures_dir.mkdir(parents=True, exist_ok=True)
+    title = {"run": _report_run, "ablation": _report_ablation,
+             "demo": _report_demo}[kind](page, root)
+    nav = ""
+    if len(page.toc) > 1:
+        nav = "<nav><ul>" + "".join(
+            f'<li><a href="#{html.escape(a, quote=True)}">{html.escape(t)}</a></li>'
+            for a, t in page.toc) + "</ul></nav>"
+    document = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="muted">permrl report of <code>{html.escape(str(root.resolve()))}</code> '
+        f"({kind}); figures in <code>figures/</code>, embedded below.</p>",
+        nav, *page.body, "</body>", "</html>", ""])
+    out = Path(out_html) if out_html is not None else root / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(document, encoding="utf-8")
+    return out
