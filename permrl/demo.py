@@ -24,7 +24,9 @@ from permrl.ablate import ablate
 from permrl.checkpoint import load_checkpoint
 from permrl.config import config_from_dict
 from permrl.data.batches import validation_tiles
+from permrl.data.images import resize_square
 from permrl.data.sources import SkipCounter, open_source
+from permrl.evaluate.knn import knn_features
 from permrl.evaluate.run import knn, load_trunk
 from permrl.report.html import write_report
 from permrl.train import RunError, build_model, geometry_of, puzzle_accuracy
@@ -75,9 +77,34 @@ def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[st
     (out / "demo.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out / "demo.md").write_text(table + "\n")
     print(table)
+    trunk, _, _ = load_trunk(Path(ablation["cells"][-1]["run_dir"]) / "checkpoint.pt")
+    save_neighbour_grid(trunk, cfg, out / "fig3_neighbours.npz")
     html = write_report(out)
     print(f"\nreport: {html}")
     return report
+
+
+def save_neighbour_grid(trunk: Any, cfg: Any, path: Path, rows: int = 6) -> None:
+    """Fig. 3 data: one query of each of the first `rows` classes and its top-5 gallery items."""
+    gallery, queries = open_source(cfg.eval.knn_train), open_source(cfg.eval.knn_test)
+    (g_feat, g_lab, g_idx), (q_feat, q_lab, q_idx), _ = knn_features(
+        trunk, gallery, queries, layer=cfg.eval.layer, input_size=cfg.eval.input_size,
+        conv1_stride=cfg.eval.conv1_stride)
+    g = torch.nn.functional.normalize(g_feat, dim=1)
+    picked = [int(torch.nonzero(q_lab == c)[0]) for c in q_lab.unique()[:rows]]
+    sims = torch.nn.functional.normalize(q_feat[picked], dim=1) @ g.T
+    top = torch.topk(sims, 5, dim=1).indices
+
+    def image(source: Any, i: int) -> np.ndarray:
+        return resize_square(source.load(i), 64)
+
+    np.savez_compressed(
+        path,
+        queries=np.stack([image(queries, int(q_idx[i])) for i in picked]),
+        neighbours=np.stack([[image(gallery, int(g_idx[j])) for j in row] for row in top]),
+        hits=(g_lab[top] == q_lab[picked][:, None]).numpy(),
+        titles=np.array([queries.classes[int(q_lab[i])] for i in picked]),
+    )
 
 
 def final_validation(run_dir: Path) -> dict[str, float]:

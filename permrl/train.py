@@ -290,7 +290,11 @@ class RunResult:
 
 
 class MetricsLog:
-    """RUN_DIR/metrics.jsonl, one JSON object per logged event; truncated to `step` on resume."""
+    """RUN_DIR/metrics.jsonl, one JSON object per logged event; truncated to `step` on resume.
+
+    Scalars also go to TensorBoard event files in RUN_DIR/tensorboard when the `tensorboard`
+    package is installed (optional; nothing happens without it).
+    """
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
@@ -300,10 +304,23 @@ class MetricsLog:
             keep = [ln for ln in path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
             path.write_text("".join(ln + "\n" for ln in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"),
+                                             purge_step=resume_step)
+        except ImportError:
+            self.tensorboard = None
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            prefix = f"{record['task']}/" if "task" in record else ""
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.tensorboard.add_scalar(prefix + key, value, record["step"])
+            self.tensorboard.flush()
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> Path | None:

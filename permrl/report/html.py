@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from permrl.report import figures as F
 
 CSS = """
@@ -472,6 +474,14 @@ def _report_demo(page: _Page, root: Path) -> str:
     if (root / "demo.md").is_file():
         page.section("Summary", "summary")
         page.add(markdown_to_html((root / "demo.md").read_text()))
+    if (root / "fig3_neighbours.npz").is_file():
+        with np.load(root / "fig3_neighbours.npz") as f:
+            grid = {k: f[k] for k in f.files}
+        page.figure("fig3_neighbours", lambda p: F.plot_fig3_neighbours(
+            list(grid["queries"]), [list(row) for row in grid["neighbours"]], p,
+            titles=[str(t) for t in grid["titles"]], hits=grid["hits"].tolist()),
+            "Paper Fig. 3: test queries (left) and their top-5 nearest training items by "
+            "cosine similarity of pool5 features (Top-1 first); green border = same class.")
     for nested in sorted(p for p in root.iterdir() if p.is_dir() and (
             (p / "cells.json").is_file() or (p / "table.md").is_file())):
         _report_ablation(page, nested, prefix=f"{_slug(nested.name)}_",
