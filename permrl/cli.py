@@ -16,16 +16,19 @@ from pathlib import Path
 from permrl.checkpoint import CheckpointError
 from permrl.config import ConfigError, load_config
 from permrl.data.sources import SourceError
+from permrl.export import ExportError
 from permrl.permutations import PermutationFileError
 from permrl.train import RunError
 
-USER_ERRORS = (ConfigError, SourceError, RunError, CheckpointError, PermutationFileError)
+USER_ERRORS = (ConfigError, SourceError, RunError, CheckpointError, PermutationFileError,
+               ExportError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from permrl.train import train
 
-    cfg = load_config(args.config, args.preset, args.set or [])
+    overrides = (args.set or []) + ([f"train.device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, args.preset, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force)
     accuracy = ", ".join(f"{task} {acc:.3f}" for task, acc in result.val_accuracy.items())
     print(f"trained {result.steps} steps: final loss {result.final_loss:.4f}, held-out puzzle "
@@ -115,6 +118,14 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from permrl.export import export_trunk
+
+    write_json(export_trunk(args.checkpoint, args.out, args.format,
+                            random_init=args.random_init, preset=args.preset), None)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from permrl.demo import run_demo
 
@@ -138,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="dotted override, e.g. --set train.steps=500 (repeatable)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where to train (default: the config's train.device, auto)")
     t.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt")
     t.add_argument("--force", action="store_true", help="overwrite a non-empty RUN_DIR")
     t.set_defaults(func=cmd_train)
@@ -212,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
     ft.add_argument("--out", help="write the JSON result here")
     ft.set_defaults(func=cmd_eval_finetune)
+
+    x = sub.add_parser("export", help="the trunk with BatchNorm folded into the convolutions "
+                       "(a plain CaffeNet): state dict, TorchScript or ONNX")
+    x.add_argument("--checkpoint")
+    x.add_argument("--format", choices=["state-dict", "torchscript", "onnx"],
+                   default="state-dict")
+    x.add_argument("--out", required=True)
+    x.add_argument("--random-init", action="store_true")
+    x.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="train on built-in data and compare with random init")
     d.add_argument("--out", default="runs/demo")

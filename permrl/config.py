@@ -87,6 +87,8 @@ class TrainConfig:
     log_every: int = 20
     checkpoint_every: int = 500
     device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast for the training forward on CUDA (no effect on CPU)
+    compile: bool = False  # torch.compile the model for training
     threads: int = 0  # torch intra-op threads (0 = torch default)
 
 

@@ -437,6 +437,9 @@ def train(
         return accuracy
 
     batches = {n: iter(task_loader(cfg, t, start, device)) for n, t in tasks.items()}
+    forward = torch.compile(model) if cfg.train.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=cfg.train.amp and device.type == "cuda")
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     model.train()
@@ -460,8 +463,9 @@ def train(
             # 2. Shuffle (Eq. 1) and classify the permutation: all B*n parts in one trunk call.
             parts = shuffle_tiles(batch["parts"], perms[name], perm_index).to(device)
             target = perm_index.to(device)
-            logits = model(name, parts)
-            losses[name] = F.cross_entropy(logits, target)
+            with autocast:
+                logits = forward(name, parts)
+            losses[name] = F.cross_entropy(logits.float(), target)
             w = window[name]
             w["loss"] += losses[name].item() * len(target)
             w["correct"] += (logits.argmax(1) == target).sum().item()

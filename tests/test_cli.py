@@ -105,3 +105,12 @@ def test_permutations_command(tmp_path, capsys):
     assert f"min Hamming distance {stats['min']}" in printed and "s;" in printed
     assert main(["permutations", "--count", "200", "--size", "5"]) == 2  # > 5! = 120
     one_error_line(capsys)
+
+
+def test_export_command(tmp_path, capsys):
+    out = tmp_path / "caffenet.pt"
+    assert main(["export", "--random-init", "--format", "state-dict", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert out.exists() and result["max_abs_diff"] <= 1e-4
+    assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
+    assert "none.pt" in one_error_line(capsys)
