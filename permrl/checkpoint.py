@@ -1,8 +1,20 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then rename."""
+"""Checkpoints that survive crashes: atomic, checksummed, the last N kept.
+
+`save_checkpoint` serialises in memory, writes `checkpoint-<step>.pt` through a temporary file
+(fsync, then rename) with a `.sha256` sidecar, points `checkpoint.pt` at the same bytes (again
+by an atomic rename), and deletes step files beyond the newest `keep`. A crash at any moment
+leaves the previous checkpoint intact; a write that fails (disk full) raises `CheckpointError`
+and leaves it intact too. `load_checkpoint` verifies the checksum and, when a file is
+half-written or corrupt, falls back to the newest intact step file with a message.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,16 +23,14 @@ import torch
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read: one line naming the file."""
+    """A checkpoint that cannot be read or written: one line naming the file."""
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to `path` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
+def _write_atomic(data: bytes, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,10 +39,59 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save to `path` so that a crash leaves either the old file or the new one."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_atomic(buffer.getvalue(), Path(path))
+
+
+def step_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the kept step checkpoints, newest first."""
+    found = []
+    for p in run_dir.glob("checkpoint-*.pt"):
+        m = re.fullmatch(r"checkpoint-(\d+)\.pt", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(obj: dict[str, Any], run_dir: str | Path, step: int, keep: int = 3) -> Path:
+    """Write the checkpoint of `step` (see the module docstring); returns checkpoint.pt."""
+    run_dir = Path(run_dir)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    step_path = run_dir / f"checkpoint-{step:08d}.pt"
+    latest = run_dir / "checkpoint.pt"
+    try:
+        _write_atomic(data, step_path)
+        _write_atomic(f"{digest}  {step_path.name}\n".encode(), Path(f"{step_path}.sha256"))
+        _write_atomic(data, latest)
+        _write_atomic(f"{digest}  {latest.name}\n".encode(), Path(f"{latest}.sha256"))
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write the checkpoint of step {step} to {run_dir} ({e.strerror}); the "
+            "previous checkpoint is intact") from None
+    for _, old in step_files(run_dir)[max(keep, 1):]:
+        old.unlink(missing_ok=True)
+        Path(f"{old}.sha256").unlink(missing_ok=True)
+    return latest
+
+
+def _verified(path: Path) -> bool:
+    """True when the file matches its .sha256 sidecar (or has none: older checkpoints)."""
+    sidecar = Path(f"{path}.sha256")
+    if not sidecar.exists():
+        return True
+    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+    return hashlib.sha256(path.read_bytes()).hexdigest() == expected
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not _verified(path):
+        raise CheckpointError(f"checkpoint {path} does not match its checksum")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
@@ -40,3 +99,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a permrl checkpoint")
     return ckpt
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint; a corrupt `checkpoint.pt` falls back to the newest intact step file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return _read(path)
+    except CheckpointError as first:
+        if path.name != "checkpoint.pt":
+            raise
+        for step, older in step_files(path.parent):
+            try:
+                ckpt = _read(older)
+            except CheckpointError:
+                continue
+            print(f"permrl: {first}; using {older.name} (step {step}) instead", file=sys.stderr)
+            return ckpt
+        raise

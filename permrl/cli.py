@@ -30,6 +30,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = (args.set or []) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_config(args.config, args.preset, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force)
+    if result.interrupted:
+        return 0
     accuracy = ", ".join(f"{task} {acc:.3f}" for task, acc in result.val_accuracy.items())
     print(f"trained {result.steps} steps: final loss {result.final_loss:.4f}, held-out puzzle "
           f"accuracy {accuracy}; checkpoint {result.run_dir / 'checkpoint.pt'}")

@@ -86,6 +86,10 @@ class TrainConfig:
     serial_switch: int = 0  # S&T: spatial alone until this step, then temporal (0 = S+T)
     log_every: int = 20
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # step checkpoints kept besides checkpoint.pt
+    nan_policy: str = "stop"  # non-finite loss/gradient: stop | lower_lr (skip the step)
+    nan_lr_factor: float = 0.5  # lower_lr: multiply the learning rate by this
+    nan_max_skips: int = 5  # lower_lr: stop after this many skipped steps in a row
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast for the training forward on CUDA (no effect on CPU)
     compile: bool = False  # torch.compile the model for training
@@ -162,6 +166,7 @@ CHOICES = {
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("constant", "cosine", "step"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.nan_policy": ("stop", "lower_lr"),
     "eval.layer": ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"),
 }
 
@@ -228,7 +233,8 @@ def _positive(cfg: Config) -> list[str]:
         "spatial.cell", "spatial.tile", "spatial.permutations", "temporal.frames",
         "temporal.permutations", "temporal.stride_min", "temporal.stride_max",
         "temporal.crop_min", "data.decode_threads", "train.steps", "train.batch_size",
-        "train.val_size", "train.log_every", "reinforce.sgd_steps",
+        "train.val_size", "train.log_every", "reinforce.sgd_steps", "train.keep_checkpoints",
+        "train.nan_lr_factor", "train.nan_max_skips",
         "reinforce.episode_batches", "reinforce.groups", "reinforce.hidden", "reinforce.lr",
         "reinforce.horizon", "train.checkpoint_every", "train.step_size",
         "eval.input_size", "eval.conv1_stride",
@@ -255,6 +261,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
     if cfg.model.width <= 0 or cfg.train.lr <= 0:
         raise ConfigError("model.width and train.lr must be positive")
+    if cfg.train.nan_lr_factor >= 1:
+        raise ConfigError(f"train.nan_lr_factor: must be below 1, got {cfg.train.nan_lr_factor}")
     if cfg.model.dropout >= 1:
         raise ConfigError(f"model.dropout: must be below 1, got {cfg.model.dropout}")
     if cfg.spatial.grey_prob > 1:

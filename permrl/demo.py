@@ -29,7 +29,7 @@ from permrl.data.sources import SkipCounter, open_source
 from permrl.evaluate.knn import knn_features
 from permrl.evaluate.run import knn, load_trunk
 from permrl.report.html import write_report
-from permrl.train import RunError, build_model, geometry_of, puzzle_accuracy
+from permrl.train import RunError, build_model, geometry_of, last_validation, puzzle_accuracy
 
 IMAGE_QUERIES = "demo-photos?subset=query"  # unseen photo crops for the puzzle accuracy
 VIDEO_GALLERY = "demo-videos?subset=gallery&label=photo&count=56&size=64"
@@ -67,7 +67,7 @@ def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[st
         cfg = config_from_dict(load_checkpoint(run_dir / "checkpoint.pt")["config"])
         rows[cell["variant"]] = evaluate(cfg, run_dir / "checkpoint.pt", random_init=False,
                                          images=cell["knn"])
-        rows[cell["variant"]]["puzzle_xval"] = final_validation(run_dir)
+        rows[cell["variant"]]["puzzle_xval"] = last_validation(run_dir / "metrics.jsonl")
     rows["random init"] = evaluate(cfg, run_dir / "checkpoint.pt", random_init=True)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     report = {"train_seconds": train_seconds, "steps": cfg.train.steps, "rows": rows,
@@ -105,17 +105,6 @@ def save_neighbour_grid(trunk: Any, cfg: Any, path: Path, rows: int = 6) -> None
         hits=(g_lab[top] == q_lab[picked][:, None]).numpy(),
         titles=np.array([queries.classes[int(q_lab[i])] for i in picked]),
     )
-
-
-def final_validation(run_dir: Path) -> dict[str, float]:
-    """Each task's last held-out puzzle accuracy from metrics.jsonl."""
-    last: dict[str, float] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for key, value in record.items():
-            if key.endswith("_val_accuracy"):
-                last[key.removesuffix("_val_accuracy")] = value
-    return last
 
 
 UNSEEN_IMAGES = 100

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from permrl.checkpoint import load_checkpoint, save_atomic
+from permrl.checkpoint import load_checkpoint, save_checkpoint
 from permrl.config import Config, config_from_dict, to_dict, to_yaml
 from permrl.data.batches import (
     ClipBatches,
@@ -287,6 +289,7 @@ class RunResult:
     final_loss: float
     val_accuracy: dict[str, float]
     skipped: int
+    interrupted: bool = False
 
 
 class MetricsLog:
@@ -352,6 +355,64 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
                        "(only train.* keys may change on resume)")
 
 
+def last_validation(metrics: Path) -> dict[str, float]:
+    """Each task's last held-out puzzle accuracy in metrics.jsonl."""
+    last: dict[str, float] = {}
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        for key, value in json.loads(line).items():
+            if key.endswith("_val_accuracy"):
+                last[key.removesuffix("_val_accuracy")] = value
+    return last
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and returns."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def all_finite(loss: torch.Tensor, model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    checks = [torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads]
+    return bool(torch.stack(checks).all())
+
+
+def handle_non_finite(cfg: Config, step: int, skips: int, optimizer, scheduler) -> int:
+    """A NaN/inf loss or gradient: stop with a clear message, or skip the step and lower the
+    learning rate (`train.nan_policy: lower_lr`). Never reaches a checkpoint."""
+    optimizer.zero_grad(set_to_none=True)
+    hint = "the weights were not updated and the last checkpoint is intact"
+    if cfg.train.nan_policy == "stop":
+        raise RunError(f"non-finite loss or gradient at step {step}; {hint}; lower train.lr "
+                       "(or set train.nan_policy=lower_lr) and continue with --resume")
+    skips += 1
+    if skips > cfg.train.nan_max_skips:
+        raise RunError(f"non-finite loss or gradient in {skips} steps in a row (last: step "
+                       f"{step}); {hint}; lower train.lr and continue with --resume")
+    scheduler.base_lrs = [lr * cfg.train.nan_lr_factor for lr in scheduler.base_lrs]
+    tqdm.write(f"permrl: non-finite loss or gradient at step {step}: step skipped, learning "
+               f"rate x{cfg.train.nan_lr_factor}", file=sys.stderr)
+    return skips
+
+
 def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -> DataLoader:
     """Batches of the steps (from `start`) at which this task trains, prefetched by workers."""
     steps = [s for s in range(start, cfg.train.steps) if data.name in active_tasks(cfg, s)]
@@ -359,6 +420,7 @@ def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -
         data.batches, batch_size=None, sampler=steps, num_workers=cfg.data.workers,
         prefetch_factor=4 if cfg.data.workers else None, pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by the loader
+        worker_init_fn=ignore_interrupts,
     )
 
 
@@ -407,7 +469,7 @@ def train(
                                            start if ckpt else None)
 
     def checkpoint(step: int) -> None:
-        save_atomic({
+        save_checkpoint({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(),
             "config": to_dict(cfg),
@@ -415,7 +477,7 @@ def train(
             "permutations": {n: t.permutations for n, t in tasks.items()},
             "permutation_checksum": {n: permutation_checksum(t.permutations)
                                      for n, t in tasks.items()},
-        }, run_dir / "checkpoint.pt")
+        }, run_dir, step, keep=cfg.train.keep_checkpoints)
         permutation_errors.save()
 
     def state_of(name: str, step: int) -> NetworkState:
@@ -446,6 +508,8 @@ def train(
     window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
     t0 = time.perf_counter()
     loss_value, val_acc = float("nan"), {}
+    nan_skips, stopped = 0, None
+    interrupted = GracefulStop()
     postfix_policy: dict[str, dict[str, Any]] = {}
     for step in range(start, cfg.train.steps):
         losses = {}
@@ -475,7 +539,11 @@ def train(
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if all_finite(loss, model):
+                optimizer.step()
+                nan_skips = 0
+            else:  # nothing is updated: the weights are still the last good state
+                nan_skips = handle_non_finite(cfg, step + 1, nan_skips, optimizer, scheduler)
             loss_value = loss.item()
         scheduler.step()
         # 4. Bookkeeping: progress bar, metrics, held-out validation, checkpoint.
@@ -521,13 +589,23 @@ def train(
         if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):
             checkpoint(done)
         bar.update(1)
+        if interrupted.name is not None:  # SIGINT / SIGTERM: finish the step, save, exit
+            if done % cfg.train.checkpoint_every and done != cfg.train.steps:
+                checkpoint(done)
+            stopped = done
+            break
         if done == stop_at:
             break
     bar.close()
-    if start >= cfg.train.steps:
-        val_acc = validate(start)
+    interrupted.restore()
+    if stopped is not None:
+        print(f"permrl: {interrupted.name} received: stopped after step {stopped} with a "
+              f"checkpoint in {run_dir}; continue with the same command and --resume",
+              file=sys.stderr)
+    if start >= cfg.train.steps:  # resuming a finished run: nothing to do, nothing to log
+        val_acc = last_validation(run_dir / "metrics.jsonl")
     for name, t in tasks.items():
         if t.skips.count:
             print(f"{t.skips.warning_line()} [{name}, whole run]", file=sys.stderr)
-    return RunResult(run_dir, cfg.train.steps, loss_value, val_acc,
-                     sum(t.skips.count for t in tasks.values()))
+    return RunResult(run_dir, stopped or cfg.train.steps, loss_value, val_acc,
+                     sum(t.skips.count for t in tasks.values()), interrupted=stopped is not None)

@@ -1,0 +1,175 @@
+"""Work is never lost: kill -9 and resume is exact, SIGTERM stops cleanly, checkpoints are
+checksummed with fallback, a full disk or a NaN never overwrites a good checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import permrl.checkpoint as checkpoint_module
+import permrl.train as train_module
+from permrl.checkpoint import CheckpointError, load_checkpoint, step_files
+from permrl.config import load_config
+from permrl.train import RunError, train
+
+TINY = [
+    "data.images=dead-leaves?count=60&size=80", "data.workers=1",
+    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.3",
+    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
+    "train.batch_size=8", "train.val_size=4", "train.warmup_steps=0", "train.log_every=1",
+    "train.val_every=5", "train.threads=1", "policy=reinforce", "reinforce.sgd_steps=3",
+    "reinforce.episode_batches=2", "reinforce.groups=3",
+]
+
+
+def command(run_dir, steps: int, *extra: str) -> list[str]:
+    sets = [a for o in TINY + [f"train.steps={steps}", "train.checkpoint_every=2", *extra]
+            for a in ("--set", o)]
+    return [sys.executable, "-m", "permrl", "train", "--out", str(run_dir), *sets]
+
+
+def model_of(run_dir):
+    return load_checkpoint(run_dir / "checkpoint.pt")["model"]
+
+
+def metrics_of(run_dir):
+    import json
+
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record.pop("samples_per_s", None)
+        out.append(record)
+    return out
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_at_random_moments_then_resume_is_exact(tmp_path):
+    steps = 24
+    subprocess.run(command(tmp_path / "ref", steps), check=True, capture_output=True)
+    run = tmp_path / "run"
+    rng = random.Random(0)
+    kills = 0
+    proc = subprocess.Popen(command(run, steps), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while kills < 3:
+        time.sleep(rng.uniform(2.5, 4.5))  # start-up is ~2 s; then a few steps at most
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        resume = ["--resume"] if (run / "checkpoint.pt").exists() else ["--force"]
+        proc = subprocess.Popen(command(run, steps) + resume, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    assert proc.wait() == 0
+    assert kills >= 1
+    a, b = model_of(tmp_path / "ref"), model_of(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics_of(tmp_path / "ref") == metrics_of(run)
+    ref_policy = load_checkpoint(tmp_path / "ref/checkpoint.pt")["sampler"]["spatial"]
+    run_policy = load_checkpoint(run / "checkpoint.pt")["sampler"]["spatial"]
+    assert ref_policy["errors"] == run_policy["errors"]
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(run, 5000, "train.checkpoint_every=100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.3)
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count("\n") >= 3:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in err and "--resume" in err
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    logged = [r["step"] for r in metrics_of(run) if "lr" in r]
+    assert 0 < step < 5000 and logged[-1] == step
+
+
+def tiny(*extra: str):
+    return load_config(overrides=[o.replace("data.workers=1", "data.workers=0") for o in TINY]
+                       + list(extra))
+
+
+def test_a_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeypatch):
+    original = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        loss = original(logits, target)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    with pytest.raises(RunError, match="non-finite loss or gradient at step 3"):
+        train(tiny("train.steps=6", "train.checkpoint_every=1"), tmp_path / "run",
+              progress=False)
+    ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_lower_lr_skips_the_step_and_continues(tmp_path, monkeypatch):
+    original = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        loss = original(logits, target)
+        return loss * float("inf") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    cfg = tiny("train.steps=5", "train.nan_policy=lower_lr", "train.schedule=constant")
+    train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
+    assert ckpt["scheduler"]["base_lrs"] == [cfg.train.lr * 0.5] * 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
+    train(tiny("train.steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=2"),
+          tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert [s for s, _ in step_files(run)] == [6, 4]  # the last two kept
+    data = bytearray((run / "checkpoint.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum catches it
+    (run / "checkpoint.pt").write_bytes(bytes(data))
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
+    assert "does not match its checksum; using checkpoint-00000006.pt" in capsys.readouterr().err
+    (run / "checkpoint-00000006.pt").write_bytes(b"half a checkpoint")
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+    for _, p in step_files(run):
+        p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(run / "checkpoint.pt")
+
+
+def test_disk_full_during_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    real_fsync, calls = os.fsync, {"n": 0}
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] > 4:  # the first checkpoint writes 4 files; the second one fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint"):
+        train(tiny("train.steps=4", "train.checkpoint_every=2"), tmp_path / "run",
+              progress=False)
+    monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
+    assert load_checkpoint(tmp_path / "run/checkpoint.pt")["step"] == 2
+    assert not list((tmp_path / "run").glob(".*.tmp"))
