@@ -40,6 +40,8 @@ def variant_config(base: list[str], config_file: str | None, preset: str | None,
     overrides = base + VARIANTS[variant] + [f"seed={seed}"]
     cfg = load_config(config_file, preset, overrides)
     if variant == "S&T":
+        if cfg.train.steps < 2:
+            raise ConfigError("train.steps: S&T needs at least 2 steps (spatial, then temporal)")
         cfg = load_config(config_file, preset, overrides + [
             f"train.serial_switch={cfg.train.steps // 2}"])
     return cfg
@@ -55,7 +57,8 @@ def run_cell(cfg: Config, run_dir: Path, variant: str, seed: int) -> dict[str, A
     if done.exists():
         return json.loads(done.read_text())
     resume = (run_dir / "checkpoint.pt").exists()
-    train(cfg, run_dir, resume=resume, force=not resume)
+    if train(cfg, run_dir, resume=resume, force=not resume).interrupted:
+        raise KeyboardInterrupt  # a half-trained cell is never evaluated nor marked finished
     trunk, _, _ = load_trunk(run_dir / "checkpoint.pt")
     result = knn(trunk, cfg, cfg.eval.knn_train, cfg.eval.knn_test)
     cell = {"variant": variant, "seed": seed, "run_dir": str(run_dir), "steps": cfg.train.steps,
@@ -74,6 +77,8 @@ def ablate(
     out = Path(out)
     if seeds < 1:
         raise ConfigError(f"--seeds: at least 1, got {seeds}")
+    if not variants:
+        raise ConfigError(f"--variants: give at least one of {', '.join(VARIANTS)}")
     configs = {(v, s): variant_config(list(overrides), config_file, preset, v, s)
                for v in variants for s in range(seeds)}  # every config validated up front
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from permrl.train import train
 
     overrides = (args.set or []) + ([f"train.device={args.device}"] if args.device else [])
-    cfg = load_config(args.config, args.preset, overrides)
+    config_file = args.config
+    if args.resume and config_file is None and (Path(args.out) / "config.yaml").is_file():
+        config_file = str(Path(args.out) / "config.yaml")  # --resume: the run's own config
+    cfg = load_config(config_file, args.preset, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force)
     if result.interrupted:
         return 0
@@ -153,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted override, e.g. --set train.steps=500 (repeatable)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="where to train (default: the config's train.device, auto)")
-    t.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt")
+    t.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR/checkpoint.pt with RUN_DIR/config.yaml (plus --set)")
     t.add_argument("--force", action="store_true", help="overwrite a non-empty RUN_DIR")
     t.set_defaults(func=cmd_train)
 
@@ -251,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as e:
         print(f"permrl: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output path that cannot be written, a full disk
+        print(f"permrl: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("permrl: interrupted", file=sys.stderr)

@@ -261,6 +261,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
     if cfg.model.width <= 0 or cfg.train.lr <= 0:
         raise ConfigError("model.width and train.lr must be positive")
+    for key in ("seed", "spatial.permutation_seed", "temporal.permutation_seed"):
+        if get(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
     if cfg.train.nan_lr_factor >= 1:
         raise ConfigError(f"train.nan_lr_factor: must be below 1, got {cfg.train.nan_lr_factor}")
     if cfg.model.dropout >= 1:
@@ -311,7 +314,7 @@ def validate(cfg: Config) -> Config:
     if cfg.train.serial_switch:
         if sorted(cfg.tasks) != ["spatial", "temporal"]:
             raise ConfigError("train.serial_switch (S&T) needs tasks: [spatial, temporal]")
-        if cfg.train.serial_switch >= cfg.train.steps:
+        if cfg.train.serial_switch >= cfg.train.steps or cfg.train.serial_switch < 1:
             raise ConfigError(f"train.serial_switch: {cfg.train.serial_switch} leaves no "
                               f"temporal steps before train.steps ({cfg.train.steps})")
     return cfg

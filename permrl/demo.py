@@ -49,6 +49,8 @@ VARIANTS = ["S+T", "S+T+P"]
 
 def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[str, Any]:
     """Ablation of S+T vs S+T+P (one seed), extra evaluations, the table, the HTML report."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a directory")
     if out.exists() and any(out.iterdir()):
         if not ((out / "demo.json").exists() or (out / "ablation").exists()):
             raise RunError(f"{out} is not empty and not a previous demo; choose another --out")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -292,6 +293,14 @@ class RunResult:
     interrupted: bool = False
 
 
+def parsed_step(line: str) -> int | None:
+    """The step of a metrics line; None for a line a crash left half-written."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return None
+
+
 class MetricsLog:
     """RUN_DIR/metrics.jsonl, one JSON object per logged event; truncated to `step` on resume.
 
@@ -305,13 +314,14 @@ class MetricsLog:
             path.write_text("")
         elif path.exists():
             keep = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+                    if parsed_step(ln) is not None and parsed_step(ln) <= resume_step]
             path.write_text("".join(ln + "\n" for ln in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"),
-                                             purge_step=resume_step)
+                                             purge_step=None if resume_step is None
+                                             else resume_step + 1)
         except ImportError:
             self.tensorboard = None
 
@@ -333,9 +343,16 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> Path | None:
         if not ckpt.exists():
             raise RunError(f"--resume: {ckpt} does not exist")
         return ckpt
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file, not a directory")
     if run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise RunError(f"{run_dir} is not empty; use --resume to continue it or --force to "
                        "overwrite")
+    if force and run_dir.exists():  # nothing of the previous run may be mistaken for this one
+        for old in [*run_dir.glob("checkpoint*.pt"), *run_dir.glob("checkpoint*.pt.sha256"),
+                    run_dir / "permutation_errors.npz", run_dir / "metrics.jsonl"]:
+            old.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -346,9 +363,18 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> Path | None:
     return None
 
 
+FIXED_ON_RESUME = ("optimizer", "batch_size", "val_size")
+
+
 def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
     def fixed(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k != "train"}
+
+    stored = ckpt["config"]["train"]
+    for key in FIXED_ON_RESUME:
+        if stored[key] != getattr(cfg.train, key):
+            raise RunError(f"--resume: train.{key} cannot change on resume ({stored[key]!r} in "
+                           f"{path}, {getattr(cfg.train, key)!r} now)")
 
     if fixed(to_dict(config_from_dict(ckpt["config"]))) != fixed(to_dict(cfg)):
         raise RunError(f"--resume: the config differs from the one in {path} "
@@ -363,6 +389,20 @@ def last_validation(metrics: Path) -> dict[str, float]:
             if key.endswith("_val_accuracy"):
                 last[key.removesuffix("_val_accuracy")] = value
     return last
+
+
+def apply_changed_hyperparameters(stored: dict[str, Any], cfg: Config, optimizer,
+                                  scheduler) -> None:
+    """On resume, train.lr / momentum / weight_decay changed on the command line take effect
+    (the optimiser and schedule states come back from the checkpoint otherwise)."""
+    t = cfg.train
+    if stored["lr"] != t.lr:
+        scheduler.base_lrs = [t.lr for _ in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        if stored["momentum"] != t.momentum and "momentum" in group:
+            group["momentum"] = t.momentum
+        if stored["weight_decay"] != t.weight_decay and group["weight_decay"] > 0:
+            group["weight_decay"] = t.weight_decay
 
 
 class GracefulStop:
@@ -450,6 +490,10 @@ def train(
     tasks = {name: prepare_task(cfg, name, ckpt["permutations"][name] if ckpt
                                 else build_permutations(cfg, name)) for name in names}
     perms = {name: torch.from_numpy(t.permutations) for name, t in tasks.items()}
+    if cfg.eval.knn_every:  # fail now, not after knn_every steps
+        for spec in (cfg.eval.knn_train, cfg.eval.knn_test):
+            if not (open_source(spec).labels >= 0).any():
+                raise RunError(f"eval.knn_every: source {spec!r} has no labels")
     model = build_model(cfg).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -459,6 +503,7 @@ def train(
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        apply_changed_hyperparameters(ckpt["config"]["train"], cfg, optimizer, scheduler)
         for name, t in tasks.items():
             t.sampler.load_state_dict(ckpt["sampler"][name])
         set_rng_state(ckpt["rng"])
@@ -511,93 +556,101 @@ def train(
     nan_skips, stopped = 0, None
     interrupted = GracefulStop()
     postfix_policy: dict[str, dict[str, Any]] = {}
-    for step in range(start, cfg.train.steps):
-        losses = {}
-        for name in active_tasks(cfg, step):
-            task, batch = tasks[name], next(batches[name])
-            task.skips.extend(batch["skipped"])
-            if task.skips.count and not task.warned:  # one line at the first skip
-                tqdm.write(f"{task.skips.warning_line()} [{name}]", file=sys.stderr)
-                task.warned = True
-            if batch["parts"] is None:
-                continue
-            # 1. Which permutation for which sample (the sampler; the policy plugs in here).
-            gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3 + TASKS.index(name)))
-            perm_index = task.sampler.draw(batch["parts"].shape[0], gen)
-            # 2. Shuffle (Eq. 1) and classify the permutation: all B*n parts in one trunk call.
-            parts = shuffle_tiles(batch["parts"], perms[name], perm_index).to(device)
-            target = perm_index.to(device)
-            with autocast:
-                logits = forward(name, parts)
-            losses[name] = F.cross_entropy(logits.float(), target)
-            w = window[name]
-            w["loss"] += losses[name].item() * len(target)
-            w["correct"] += (logits.argmax(1) == target).sum().item()
-            w["seen"] += len(target)
-        if losses:
-            # 3. S+T: the task losses are summed and back-propagated once, down to conv1.
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if all_finite(loss, model):
-                optimizer.step()
-                nan_skips = 0
-            else:  # nothing is updated: the weights are still the last good state
-                nan_skips = handle_non_finite(cfg, step + 1, nan_skips, optimizer, scheduler)
-            loss_value = loss.item()
-        scheduler.step()
-        # 4. Bookkeeping: progress bar, metrics, held-out validation, checkpoint.
-        done = step + 1
-        if done % cfg.train.log_every == 0 or done in (cfg.train.steps, stop_at):
-            elapsed = time.perf_counter() - t0
-            record: dict[str, Any] = {"step": done, "lr": scheduler.get_last_lr()[0]}
-            postfix = {}
-            for n, episode in postfix_policy.items():
-                postfix |= {f"{n[0]}_err": f"{episode['error_after']:.3f}",
-                            f"{n[0]}_reward": f"{episode.get('reward', 0.0):.4f}"}
-            seen = 0
-            for n, w in window.items():
-                if w["seen"]:
-                    record |= {f"{n}_loss": w["loss"] / w["seen"],
-                               f"{n}_accuracy": w["correct"] / w["seen"]}
-                    postfix |= {f"{n[0]}_loss": f"{record[f'{n}_loss']:.3f}",
-                                f"{n[0]}_acc": f"{record[f'{n}_accuracy']:.3f}"}
-                seen += w["seen"]
-            record |= {"samples_per_s": seen / max(elapsed, 1e-9),
-                       "skipped": sum(t.skips.count for t in tasks.values())}
-            log.write(record)
-            bar.set_postfix(postfix | {"samples_s": f"{record['samples_per_s']:.0f}"})
-            window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
-            t0 = time.perf_counter()
-        # 5. The policy (Sect. 3.2): after N SGD iterations the state s_t regroups Psi and
-        #    fixes s_hat; the next K mini-batches are the episode; after them E_{t+1} gives
-        #    the reward (Eq. 7) and REINFORCE updates pi (Eq. 9).
-        phase = policy_phase(cfg, done)
-        for name in active_tasks(cfg, step) if phase else []:
-            sampler = tasks[name].sampler
-            if phase == "episode_start":
-                sampler.observe(done, state_of(name, done))
-                sampler.begin_episode()
-            else:
-                episode = sampler.end_episode(done, state_of(name, done))
-                log.write({"step": done, "task": name, "episode": sampler.updates} | episode)
-                postfix_policy[name] = episode  # reward and error go to the progress bar
-        if (cfg.train.val_every and done % cfg.train.val_every == 0) or done == cfg.train.steps:
-            val_acc = validate(done)
-        if cfg.eval.knn_every and (done % cfg.eval.knn_every == 0 or done == cfg.train.steps):
-            log.write({"step": done} | retrieval_during_training(model, cfg, device))
-        if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):
-            checkpoint(done)
-        bar.update(1)
-        if interrupted.name is not None:  # SIGINT / SIGTERM: finish the step, save, exit
-            if done % cfg.train.checkpoint_every and done != cfg.train.steps:
+    try:
+        bn_buffers = [b for name, b in model.named_buffers() if "running" in name]
+        for step in range(start, cfg.train.steps):
+            losses = {}
+            if cfg.train.nan_policy == "lower_lr":  # a skipped step must not leave its BN update
+                bn_before = [b.clone() for b in bn_buffers]
+            for name in active_tasks(cfg, step):
+                task, batch = tasks[name], next(batches[name])
+                task.skips.extend(batch["skipped"])
+                if task.skips.count and not task.warned:  # one line at the first skip
+                    tqdm.write(f"{task.skips.warning_line()} [{name}]", file=sys.stderr)
+                    task.warned = True
+                if batch["parts"] is None:
+                    continue
+                # 1. Which permutation for which sample (the sampler; the policy plugs in here).
+                stream = 3 + TASKS.index(name)
+                gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, stream))
+                perm_index = task.sampler.draw(batch["parts"].shape[0], gen)
+                # 2. Shuffle (Eq. 1) and classify the permutation: all B*n parts in one trunk call.
+                parts = shuffle_tiles(batch["parts"], perms[name], perm_index).to(device)
+                target = perm_index.to(device)
+                with autocast:
+                    logits = forward(name, parts)
+                losses[name] = F.cross_entropy(logits.float(), target)
+                w = window[name]
+                w["loss"] += losses[name].item() * len(target)
+                w["correct"] += (logits.argmax(1) == target).sum().item()
+                w["seen"] += len(target)
+            if losses:
+                # 3. S+T: the task losses are summed and back-propagated once, down to conv1.
+                loss = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if all_finite(loss, model):
+                    optimizer.step()
+                    nan_skips = 0
+                else:  # nothing is updated: the weights are still the last good state
+                    nan_skips = handle_non_finite(cfg, step + 1, nan_skips, optimizer, scheduler)
+                    for buffer, before in zip(bn_buffers, bn_before, strict=True):
+                        buffer.copy_(before)
+                loss_value = loss.item()
+            scheduler.step()
+            # 4. Bookkeeping: progress bar, metrics, held-out validation, checkpoint.
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done in (cfg.train.steps, stop_at):
+                elapsed = time.perf_counter() - t0
+                record: dict[str, Any] = {"step": done, "lr": scheduler.get_last_lr()[0]}
+                postfix = {}
+                for n, episode in postfix_policy.items():
+                    postfix |= {f"{n[0]}_err": f"{episode['error_after']:.3f}",
+                                f"{n[0]}_reward": f"{episode.get('reward', 0.0):.4f}"}
+                seen = 0
+                for n, w in window.items():
+                    if w["seen"]:
+                        record |= {f"{n}_loss": w["loss"] / w["seen"],
+                                   f"{n}_accuracy": w["correct"] / w["seen"]}
+                        postfix |= {f"{n[0]}_loss": f"{record[f'{n}_loss']:.3f}",
+                                    f"{n[0]}_acc": f"{record[f'{n}_accuracy']:.3f}"}
+                    seen += w["seen"]
+                record |= {"samples_per_s": seen / max(elapsed, 1e-9),
+                           "skipped": sum(t.skips.count for t in tasks.values())}
+                log.write(record)
+                bar.set_postfix(postfix | {"samples_s": f"{record['samples_per_s']:.0f}"})
+                window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
+                t0 = time.perf_counter()
+            # 5. The policy (Sect. 3.2): after N SGD iterations the state s_t regroups Psi and
+            #    fixes s_hat; the next K mini-batches are the episode; after them E_{t+1} gives
+            #    the reward (Eq. 7) and REINFORCE updates pi (Eq. 9).
+            phase = policy_phase(cfg, done)
+            for name in active_tasks(cfg, step) if phase else []:
+                sampler = tasks[name].sampler
+                if phase == "episode_start":
+                    sampler.observe(done, state_of(name, done))
+                    sampler.begin_episode()
+                elif sampler.episode is not None:  # (in S&T a task may join in mid-cycle)
+                    episode = sampler.end_episode(done, state_of(name, done))
+                    log.write({"step": done, "task": name, "episode": sampler.updates} | episode)
+                    postfix_policy[name] = episode  # reward and error go to the progress bar
+            if (cfg.train.val_every and done % cfg.train.val_every == 0) or done == cfg.train.steps:
+                val_acc = validate(done)
+            if cfg.eval.knn_every and (done % cfg.eval.knn_every == 0 or done == cfg.train.steps):
+                log.write({"step": done} | retrieval_during_training(model, cfg, device))
+            if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):
                 checkpoint(done)
-            stopped = done
-            break
-        if done == stop_at:
-            break
-    bar.close()
-    interrupted.restore()
+            bar.update(1)
+            if interrupted.name is not None:  # SIGINT / SIGTERM: finish the step, save, exit
+                if done % cfg.train.checkpoint_every and done != cfg.train.steps:
+                    checkpoint(done)
+                stopped = done
+                break
+            if done == stop_at:
+                break
+    finally:  # the signal handlers never outlive train()
+        bar.close()
+        interrupted.restore()
     if stopped is not None:
         print(f"permrl: {interrupted.name} received: stopped after step {stopped} with a "
               f"checkpoint in {run_dir}; continue with the same command and --resume",

@@ -114,3 +114,17 @@ def test_export_command(tmp_path, capsys):
     assert out.exists() and result["max_abs_diff"] <= 1e-4
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
     assert "none.pt" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--out", "FILE", "--set", "train.steps=1"], "is a file"),
+    (["train", "--out", "DIR/run", "--set", "seed=-1"], "seed"),
+    (["permutations", "--count", "5", "--size", "4", "--out", "/no/such/dir/p.npy"], "/no/such"),
+    (["ablate", "--variants", ",", "--out", "DIR/abl"], "--variants"),
+])
+def test_more_user_errors_are_one_line(tmp_path, capsys, argv, needle):
+    (tmp_path / "file").write_text("not a directory")
+    argv = [a.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path))
+            for a in argv]
+    assert main(argv) == 2
+    assert needle in one_error_line(capsys)

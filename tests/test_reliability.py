@@ -173,3 +173,34 @@ def test_disk_full_during_a_checkpoint_leaves_the_previous_one(tmp_path, monkeyp
     monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
     assert load_checkpoint(tmp_path / "run/checkpoint.pt")["step"] == 2
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_serial_s_then_t_with_the_policy_switching_mid_cycle(tmp_path):
+    # N + K = 5 and the switch at 4: the temporal task joins inside a cycle.
+    cfg = tiny("tasks=[spatial, temporal]", "data.videos=demo-videos?count=20&frames=12&size=40",
+               "temporal.frames=4", "temporal.permutations=12", "temporal.stride_max=2",
+               "train.steps=16", "train.serial_switch=4", "model.lstm=16")
+    train(cfg, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run/checkpoint.pt")["sampler"]["temporal"]["updates"] >= 1
+
+
+def test_resume_applies_a_changed_learning_rate_and_refuses_a_changed_optimizer(tmp_path):
+    run = tmp_path / "run"
+    train(tiny("train.steps=4", "train.schedule=constant"), run, progress=False, stop_at=2)
+    train(tiny("train.steps=4", "train.schedule=constant", "train.lr=0.0005"), run,
+          resume=True, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt")["scheduler"]["base_lrs"] == [0.0005] * 2
+    with pytest.raises(RunError, match="train.optimizer cannot change"):
+        train(tiny("train.steps=6", "train.optimizer=sgd"), run, resume=True, progress=False)
+
+
+def test_force_removes_the_previous_runs_checkpoints_and_a_torn_metrics_line_is_dropped(
+        tmp_path):
+    run = tmp_path / "run"
+    train(tiny("train.steps=6", "train.checkpoint_every=2"), run, progress=False)
+    train(tiny("train.steps=2", "train.checkpoint_every=2"), run, progress=False, force=True)
+    assert [s for s, _ in step_files(run)] == [2]
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "spatial_lo')  # a crash in the middle of a write
+    train(tiny("train.steps=3", "train.checkpoint_every=2"), run, resume=True, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3

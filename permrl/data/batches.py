@@ -180,14 +180,18 @@ class ClipBatches(StepBatches):
 def validation_tiles(
     source: ImageSource, indices: np.ndarray, geometry: PuzzleGeometry, skips: SkipCounter
 ) -> torch.Tensor:
-    """The deterministic view of X_val images: centre crop, centred tiles, no jitter."""
+    """The deterministic view of X_val images: centre crop at the training scale, centred
+    tiles, no jitter."""
     images = []
     for i in indices:
         img = source.load(int(i))
         if img is None:
             skips.add(source.describe(int(i)))
             continue
-        images.append(resize_square(img, geometry.image_size, crop="center"))
+        # The training scale (shorter side 256/225 of the puzzle), centred instead of random.
+        big = resize_square(img, round(geometry.image_size * 256 / 225), crop="center")
+        off = (big.shape[0] - geometry.image_size) // 2
+        images.append(big[off : off + geometry.image_size, off : off + geometry.image_size])
     if not images:
         raise ValidationError(f"none of the {len(indices)} validation images could be read")
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)

@@ -74,7 +74,7 @@ def knn_from_checkpoint(
 ) -> dict[str, Any]:
     """`permrl eval knn`: retrieval Top-k of a checkpoint's (or a random) trunk."""
     trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device("auto")  # where it runs now, not where it trained
     result = knn(trunk.to(device), cfg, train, test, layer=layer, bn_stats=bn_stats,
                  device=device)
     result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
@@ -93,7 +93,7 @@ def probe_from_checkpoint(
 ) -> dict[str, Any]:
     """`permrl eval probe` (Table 2): a linear or MLP classifier on frozen features."""
     trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device("auto")  # where it runs now, not where it trained
     cache = Path(cache_dir) if cache_dir else (
         Path(checkpoint).parent / "features" if checkpoint else Path(".permrl-cache"))
     sources = []
@@ -121,7 +121,7 @@ def finetune_from_checkpoint(
 ) -> dict[str, Any]:
     """`permrl eval finetune` (Tables 3-5): conv1..conv5 from the checkpoint, new fc layers."""
     trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device("auto")  # where it runs now, not where it trained
     try:
         result = finetune(
             trunk, open_any(train), open_any(test), input_size=cfg.eval.input_size,

@@ -153,7 +153,7 @@ class Reinforce:
         m = self.baseline_momentum
         self.baseline = ret if self.baseline is None else m * self.baseline + (1 - m) * ret
         return {"loss": loss.item(), "advantage": advantage, "baseline": baseline,
-                "entropy": entropy.item(), "return": ret, "episode": episode["episode"]}
+                "entropy": entropy.item(), "return": ret, "updated_episode": episode["episode"]}
 
     def state_dict(self) -> dict[str, Any]:
         """Policy, optimizer, baseline and pending episodes (a copy: later steps leave it be)."""

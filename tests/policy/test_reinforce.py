@@ -133,7 +133,7 @@ def test_gamma_waits_for_the_horizon_and_discounts():
             assert all(torch.equal(a, b) for a, b in zip(params, now, strict=True))
             continue
         e = t - 2  # the episode that became complete
-        assert stats["episode"] == e
+        assert stats["updated_episode"] == e
         assert stats["return"] == pytest.approx(returns[e])
         adv = returns[e] - (0.0 if e == 0 else stats["baseline"])
         assert stats["advantage"] == pytest.approx(adv)
