@@ -28,6 +28,7 @@ class DataConfig:
     videos: str = "demo-videos"  # video source for the temporal task
     workers: int = 1  # DataLoader worker processes per task (0 = load in the main process)
     decode_threads: int = 1  # FFmpeg threads per worker
+    max_bad_fraction: float = 0.1  # stop when more of the items read so far are unreadable
 
 
 @dataclass
@@ -264,6 +265,9 @@ def validate(cfg: Config) -> Config:
     for key in ("seed", "spatial.permutation_seed", "temporal.permutation_seed"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
+    if not 0 <= cfg.data.max_bad_fraction <= 1:
+        raise ConfigError(f"data.max_bad_fraction: must be in 0..1, got "
+                          f"{cfg.data.max_bad_fraction}")
     if cfg.train.nan_lr_factor >= 1:
         raise ConfigError(f"train.nan_lr_factor: must be below 1, got {cfg.train.nan_lr_factor}")
     if cfg.model.dropout >= 1:
@@ -281,12 +285,12 @@ def validate(cfg: Config) -> Config:
             f"spatial.permutations: {s.permutations} exceeds the {n_max} permutations of "
             f"{s.grid * s.grid} tiles"
         )
-    for key, size, stride in (
-        ("spatial.tile", s.tile, cfg.model.conv1_stride),
-        ("eval.input_size", cfg.eval.input_size, cfg.eval.conv1_stride),
+    for key, size, stride_key, stride in (
+        ("spatial.tile", s.tile, "model.conv1_stride", cfg.model.conv1_stride),
+        ("eval.input_size", cfg.eval.input_size, "eval.conv1_stride", cfg.eval.conv1_stride),
     ):
         if block_size(size, stride) < 1:
-            raise ConfigError(f"{key}: {size} px is too small for the trunk at conv1 stride "
+            raise ConfigError(f"{key}: {size} px is too small for the trunk at {stride_key} "
                               f"{stride}; pool5 needs at least {min_input_size(stride)} px")
     t = cfg.temporal
     if t.frames < 2:

@@ -130,6 +130,7 @@ class TaskData:
     val_parts: torch.Tensor
     skips: SkipCounter = field(default_factory=SkipCounter)
     warned: bool = False
+    attempted: int = 0  # items the loop tried to read (for data.max_bad_fraction)
 
 
 def prepare_task(cfg: Config, task: str, permutations: np.ndarray) -> TaskData:
@@ -429,6 +430,19 @@ def ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+MIN_ITEMS_FOR_BAD_FRACTION = 100
+
+
+def check_bad_fraction(cfg: Config, task: TaskData) -> None:
+    """Stop when too much of the data is unreadable, rather than train on what is left."""
+    n, bad = task.attempted, task.skips.count
+    if n >= MIN_ITEMS_FOR_BAD_FRACTION and bad > cfg.data.max_bad_fraction * n:
+        what = "image" if task.name == "spatial" else "video"
+        raise RunError(f"{bad} of the {n} {what}s read so far ({bad / n:.0%}) were unreadable "
+                       f"(first: {task.skips.first}), above data.max_bad_fraction="
+                       f"{cfg.data.max_bad_fraction}; fix or remove them, or raise the limit")
+
+
 def all_finite(loss: torch.Tensor, model: torch.nn.Module) -> bool:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     checks = [torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads]
@@ -565,6 +579,8 @@ def train(
             for name in active_tasks(cfg, step):
                 task, batch = tasks[name], next(batches[name])
                 task.skips.extend(batch["skipped"])
+                task.attempted += cfg.train.batch_size
+                check_bad_fraction(cfg, task)
                 if task.skips.count and not task.warned:  # one line at the first skip
                     tqdm.write(f"{task.skips.warning_line()} [{name}]", file=sys.stderr)
                     task.warned = True

@@ -204,3 +204,24 @@ def test_force_removes_the_previous_runs_checkpoints_and_a_torn_metrics_line_is_
         f.write('{"step": 3, "spatial_lo')  # a crash in the middle of a write
     train(tiny("train.steps=3", "train.checkpoint_every=2"), run, resume=True, progress=False)
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+
+
+def test_too_many_unreadable_images_stop_the_run_with_a_clear_error(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(
+            folder / f"good{i}.png")
+    for i in range(10):
+        (folder / f"x{i}_bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    cfg = tiny("train.steps=40", f"data.images=folder:{folder}", "data.max_bad_fraction=0.1")
+    with pytest.raises(RunError, match=r"unreadable \(first: .*bad.*max_bad_fraction=0.1"):
+        train(cfg, tmp_path / "run", progress=False)
+    # Under the limit: counted, reported, and the run finishes.
+    result = train(tiny("train.steps=4", f"data.images=folder:{folder}",
+                        "data.max_bad_fraction=0.5"), tmp_path / "ok", progress=False)
+    assert result.skipped > 0
