@@ -225,3 +225,34 @@ def test_too_many_unreadable_images_stop_the_run_with_a_clear_error(tmp_path):
     result = train(tiny("train.steps=4", f"data.images=folder:{folder}",
                         "data.max_bad_fraction=0.5"), tmp_path / "ok", progress=False)
     assert result.skipped > 0
+
+
+def test_symlink_loops_are_not_followed(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from permrl.data.sources import open_source
+    from permrl.data.video_sources import open_video_source
+
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "sub" / "a.png")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "self").symlink_to(root / "sub", target_is_directory=True)
+    assert len(open_source(f"folder:{root}")) == 1
+    with pytest.raises(Exception, match="no video|empty|No video"):
+        open_video_source(f"videos:{root}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: permissions do not stop reads")
+def test_an_unreadable_file_is_skipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from permrl.data.sources import open_source
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "b.png").chmod(0)
+    source = open_source(f"folder:{tmp_path}")
+    assert source.load(0) is not None and source.load(1) is None
