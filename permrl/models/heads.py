@@ -132,17 +132,50 @@ class TemporalHead(nn.Module):
     ) -> torch.Tensor:
         """(V, u, d) cached fc6 features, (P, u) permutations -> (V, P, |Psi_T|) logits.
 
-        The trunk and fc6 ran once per frame; only the LSTM and the classifier see each of
-        the P reorderings (SPEC 6), batched `chunk` permutations at a time.
+        The trunk and fc6 ran once per frame (SPEC 6). Here the LSTM's input projection
+        W_ih f + b is computed once per frame too, and the recurrence is run once per distinct
+        prefix of the permutations (all permutations starting with the same frames share their
+        first states), then the classifier sees each permutation's last hidden state. Exact:
+        the same equations as nn.LSTM (gates i, f, g, o), evaluated on fewer inputs. `chunk`
+        bounds the number of samples processed at once.
         """
-        v, n, d = features.shape
+        lstm = self.lstm
+        w_hh = lstm.weight_hh_l0
         out = []
-        for start in range(0, permutations.shape[0], chunk):
-            psi = permutations[start : start + chunk].to(features.device)  # (p, u)
-            shuffled = features[:, psi]  # (V, p, u, d)
-            logits = self.classify(shuffled.flatten(0, 1))
-            out.append(logits.view(v, psi.shape[0], -1))
-        return torch.cat(out, dim=1)
+        for start in range(0, features.shape[0], chunk):
+            f = features[start : start + chunk]
+            projected = f @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0  # (v, u, 4H)
+            h, c = self.prefix_recurrence(projected, permutations.to(f.device), w_hh)
+            out.append(self.classifier(self.dropout(h)))
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def prefix_recurrence(
+        projected: torch.Tensor, permutations: torch.Tensor, w_hh: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSTM over every permutation's frame order, one step per distinct prefix.
+
+        projected: (V, u, 4H) input projections per frame; returns the final (h, c), each
+        (V, P, H), for the P permutations.
+        """
+        v, u = projected.shape[:2]
+        hidden = w_hh.shape[1]
+        h = projected.new_zeros(v, 1, hidden)
+        c = projected.new_zeros(v, 1, hidden)
+        parent_of = torch.zeros(permutations.shape[0], dtype=torch.long, device=h.device)
+        for t in range(u):
+            prefixes, inverse = torch.unique(permutations[:, : t + 1], dim=0, return_inverse=True)
+            # The state before step t of each distinct prefix: its parent prefix's state.
+            first = torch.full((len(prefixes),), -1, dtype=torch.long, device=h.device)
+            first.scatter_reduce_(0, inverse, torch.arange(len(inverse), device=h.device),
+                                  reduce="amin", include_self=False)
+            parent = parent_of[first]
+            gates = projected[:, prefixes[:, t]] + h[:, parent] @ w_hh.T  # (V, U_t, 4H)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c[:, parent] + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            parent_of = inverse
+        return h[:, parent_of], c[:, parent_of]
 
 
 class OrderingNet(nn.Module):
