@@ -128,3 +128,22 @@ def test_more_user_errors_are_one_line(tmp_path, capsys, argv, needle):
             for a in argv]
     assert main(argv) == 2
     assert needle in one_error_line(capsys)
+
+
+def test_eval_probe_and_finetune_commands(tmp_path, capsys):
+    train_dir = labelled_folder(tmp_path / "train", per_class=6)
+    test_dir = labelled_folder(tmp_path / "test", per_class=2)
+    common = ["--random-init", "--train", f"folder:{train_dir}", "--test", f"folder:{test_dir}"]
+    out = tmp_path / "probe.json"
+    assert main(["eval", "probe", *common, "--epochs", "2", "--cache", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 0
+    probe = json.loads(out.read_text())
+    assert probe["test_items"] == 6 and 0 <= probe["test_accuracy"] <= 1
+    assert list((tmp_path / "cache").glob("features-*.pt"))  # extracted once, cached
+    out = tmp_path / "ft.json"
+    assert main(["eval", "finetune", *common, "--steps", "2", "--batch-size", "4",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["test_items"] == 6
+    capsys.readouterr()
+    assert main(["eval", "probe", *common, "--layer", "fc9"]) == 2
+    assert "fc9" in one_error_line(capsys)

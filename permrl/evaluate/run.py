@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,18 @@ from permrl.evaluate.probe import checkpoint_key, evaluate_probe
 from permrl.evaluate.video_knn import VideoFrames, evaluate_video_knn
 from permrl.models.trunk import CaffeNetBN
 from permrl.train import RunError, build_model, resolve_device
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A plain ValueError from an evaluation (bad layer, unlabelled or empty source) becomes a
+    one-line RunError; its subclasses (SourceError, ...) are user errors already."""
+    try:
+        yield
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise RunError(str(e)) from None
 
 
 def load_trunk(
@@ -57,15 +71,11 @@ def knn(
     common = {"layer": layer or cfg.eval.layer, "input_size": cfg.eval.input_size,
               "conv1_stride": cfg.eval.conv1_stride, "bn_stats": bn_stats, "device": device,
               "workers": cfg.data.workers}
-    try:
+    with user_errors():
         if is_video_source(train):
             return evaluate_video_knn(trunk, open_video_source(train), open_video_source(test),
                                       **common)
         return evaluate_knn(trunk, open_source(train), open_source(test), **common)
-    except ValueError as e:  # unlabelled source, unknown layer, empty set: the user's to fix
-        if type(e) is not ValueError:
-            raise
-        raise RunError(str(e)) from None
 
 
 def knn_from_checkpoint(
@@ -100,17 +110,13 @@ def probe_from_checkpoint(
     for spec in (train, test):
         source = open_any(spec)
         sources.append(VideoFrames(source) if is_video_source(spec) else source)
-    try:
+    with user_errors():
         result = evaluate_probe(
             trunk.to(device), sources[0], sources[1], layer=layer, head=head,
             input_size=cfg.eval.input_size, conv1_stride=cfg.eval.conv1_stride,
             cache_dir=cache, key=checkpoint_key(checkpoint, random_init), bn_stats=bn_stats,
             workers=cfg.data.workers, device=device, epochs=epochs,
         )
-    except ValueError as e:
-        if type(e) is not ValueError:
-            raise
-        raise RunError(str(e)) from None
     result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
     return result
 
@@ -122,15 +128,11 @@ def finetune_from_checkpoint(
     """`permrl eval finetune` (Tables 3-5): conv1..conv5 from the checkpoint, new fc layers."""
     trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
     device = resolve_device("auto")  # where it runs now, not where it trained
-    try:
+    with user_errors():
         result = finetune(
             trunk, open_any(train), open_any(test), input_size=cfg.eval.input_size,
             conv1_stride=cfg.eval.conv1_stride, steps=steps, batch_size=batch_size, lr=lr,
             device=device, seed=seed, workers=cfg.data.workers,
         )
-    except ValueError as e:
-        if type(e) is not ValueError:
-            raise
-        raise RunError(str(e)) from None
     result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
     return result
