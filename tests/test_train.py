@@ -149,3 +149,14 @@ def test_retrieval_during_training_is_logged_and_changes_nothing(tmp_path):
     assert [r["step"] for r in logged] == [2, 4] and "knn_top20" in logged[0]
     a, b = weights(tmp_path / "knn"), weights(tmp_path / "plain")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the evaluation leaves training untouched
+
+
+def test_metrics_are_mirrored_to_tensorboard_when_installed(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is optional and not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny("train.steps=4"), tmp_path / "run", progress=False)
+    events = EventAccumulator(str(tmp_path / "run/tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("spatial_loss")]
+    assert steps == [2, 4] and "spatial_val_accuracy" in events.Tags()["scalars"]
