@@ -104,16 +104,21 @@ def tiny(*extra: str):
                        + list(extra))
 
 
-def test_a_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeypatch):
+def poison_loss(monkeypatch, at_call: int, factor: float) -> None:
+    """Make the `at_call`-th training loss non-finite (multiplied by nan or inf)."""
     original = train_module.F.cross_entropy
     calls = {"n": 0}
 
     def poisoned(logits, target):
         calls["n"] += 1
         loss = original(logits, target)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return loss * factor if calls["n"] == at_call else loss
 
     monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+
+
+def test_a_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeypatch):
+    poison_loss(monkeypatch, at_call=3, factor=float("nan"))
     with pytest.raises(RunError, match="non-finite loss or gradient at step 3"):
         train(tiny("train.steps=6", "train.checkpoint_every=1"), tmp_path / "run",
               progress=False)
@@ -123,15 +128,7 @@ def test_a_nan_loss_stops_without_touching_the_last_checkpoint(tmp_path, monkeyp
 
 
 def test_lower_lr_skips_the_step_and_continues(tmp_path, monkeypatch):
-    original = train_module.F.cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(logits, target):
-        calls["n"] += 1
-        loss = original(logits, target)
-        return loss * float("inf") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    poison_loss(monkeypatch, at_call=3, factor=float("inf"))
     cfg = tiny("train.steps=5", "train.nan_policy=lower_lr", "train.schedule=constant")
     train(cfg, tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
