@@ -44,6 +44,13 @@ from permrl.data.batches import (
 from permrl.data.samples import PuzzleGeometry, shuffle_tiles
 from permrl.data.sources import SkipCounter, open_source
 from permrl.data.video_sources import open_video_source
+from permrl.distributed import (
+    ONE_PROCESS,
+    Distributed,
+    DistributedError,
+    sharded_state,
+    synchronise_batchnorm,
+)
 from permrl.evaluate.knn import evaluate_knn
 from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead
 from permrl.models.trunk import CaffeNetBN
@@ -104,12 +111,18 @@ def build_permutations(cfg: Config, task: str = "spatial") -> np.ndarray:
                                criterion=t.criterion, include_identity=t.include_identity)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, env: Distributed = ONE_PROCESS) -> torch.device:
+    """auto -> cuda when available; under torchrun, this process's GPU (LOCAL_RANK)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise RunError("train.device: cuda was asked for but no CUDA device is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    device = env.device_for(torch.device(name))
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise RunError(f"LOCAL_RANK={env.local_rank} but this node has "
+                       f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
+    return device
 
 
 def active_tasks(cfg: Config, step: int) -> list[str]:
@@ -128,22 +141,27 @@ class TaskData:
     sampler: PermutationSampler
     batches: Dataset
     val_parts: torch.Tensor
-    skips: SkipCounter = field(default_factory=SkipCounter)
+    skips: SkipCounter = field(default_factory=SkipCounter)  # this process's, with names
     warned: bool = False
-    attempted: int = 0  # items the loop tried to read (for data.max_bad_fraction)
+    attempted: int = 0  # items the loop tried to read, all processes (data.max_bad_fraction)
+    unreadable: int = 0  # of which unreadable, all processes; X_val's included
 
 
-def prepare_task(cfg: Config, task: str, permutations: np.ndarray) -> TaskData:
-    """Open the task's source, hold out X_val, build the per-step batches."""
+def prepare_task(
+    cfg: Config, task: str, permutations: np.ndarray, env: Distributed = ONE_PROCESS
+) -> TaskData:
+    """Open the task's source, hold out X_val, build the per-step batches (this process's
+    shard of each); every process holds all of X_val."""
     skips = SkipCounter()
     tr, b = cfg.train, cfg.train.batch_size
+    shard = {"rank": env.rank, "world_size": env.world_size}
     try:
         if task == "spatial":
             source = open_source(cfg.data.images)
             train_idx, val_idx = split_validation(len(source), tr.val_size, cfg.seed, "image")
             s = cfg.spatial
             batches: Dataset = PuzzleBatches(source, train_idx, geometry_of(cfg), b, cfg.seed,
-                                             s.grey_prob, s.colour_jitter)
+                                             s.grey_prob, s.colour_jitter, **shard)
             val_parts = validation_tiles(source, val_idx, geometry_of(cfg), skips)
         else:
             source = open_video_source(cfg.data.videos)
@@ -153,16 +171,17 @@ def prepare_task(cfg: Config, task: str, permutations: np.ndarray) -> TaskData:
             clip = {"frames": t.frames, "size": cfg.spatial.tile, "stride_min": t.stride_min,
                     "stride_max": t.stride_max, "crop_min": t.crop_min}
             batches = ClipBatches(source, train_idx, batch_size=b, seed=cfg.seed,
-                                  grey_prob=t.grey_prob, colour_jitter=t.colour_jitter, **clip)
+                                  grey_prob=t.grey_prob, colour_jitter=t.colour_jitter, **clip,
+                                  **shard)
             val_parts = validation_clips(source, val_idx, skips=skips, **clip)
     except ValidationError as e:
         raise RunError(str(e)) from None
-    for note in source.notes:
+    for note in source.notes if env.is_main else []:
         print(f"permrl: {note}", file=sys.stderr)
-    if skips.count:
+    if skips.count and env.is_main:
         print(f"permrl: X_val ({task}): {skips.warning_line()}", file=sys.stderr)
     return TaskData(task, permutations, make_sampler(cfg, task, len(permutations)), batches,
-                    val_parts, skips)
+                    val_parts, skips, unreadable=skips.count)
 
 
 def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSampler:
@@ -206,10 +225,10 @@ class PermutationErrors:
     """Per-permutation validation error at every state (the paper's Fig. 6), kept compactly as
     float16 rows in RUN_DIR/permutation_errors.npz (rewritten with each checkpoint)."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
         self.rows: dict[str, list[tuple[int, np.ndarray]]] = {}
-        if resume_step is not None and path.exists():
+        if enabled and resume_step is not None and path.exists():
             with np.load(path) as f:
                 for task in TASKS:
                     if f"{task}_steps" in f:
@@ -221,6 +240,8 @@ class PermutationErrors:
         self.rows.setdefault(task, []).append((step, errors))
 
     def save(self) -> None:
+        if not self.enabled:
+            return
         arrays = {}
         for task, rows in self.rows.items():
             arrays[f"{task}_steps"] = np.array([s for s, _ in rows], dtype=np.int64)
@@ -234,11 +255,14 @@ def retrieval_during_training(
     model: OrderingNet, cfg: Config, device: torch.device
 ) -> dict[str, Any]:
     """kNN Top-k of the current trunk on `eval.knn_train` / `eval.knn_test` (Fig. 5), with the
-    same protocol as `permrl eval knn` (BN re-estimated on a copy; the model is untouched)."""
+    same protocol as `permrl eval knn` (BN re-estimated on a copy; the model is untouched).
+    The copy is a plain trunk: its BatchNorm never waits for other processes."""
     was_training = model.training
+    trunk = CaffeNetBN(width=cfg.model.width, conv1_stride=cfg.model.conv1_stride).to(device)
+    trunk.load_state_dict(model.trunk.state_dict())
     with torch.random.fork_rng(devices=[]):  # training's random stream stays untouched
         result = evaluate_knn(
-            model.trunk, open_source(cfg.eval.knn_train), open_source(cfg.eval.knn_test),
+            trunk, open_source(cfg.eval.knn_train), open_source(cfg.eval.knn_test),
             layer=cfg.eval.layer, input_size=cfg.eval.input_size,
             conv1_stride=cfg.eval.conv1_stride, device=device,
         )
@@ -270,20 +294,6 @@ def make_optimizer(cfg: Config, model: torch.nn.Module):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @dataclass
 class RunResult:
     run_dir: Path
@@ -292,6 +302,7 @@ class RunResult:
     val_accuracy: dict[str, float]
     skipped: int
     interrupted: bool = False
+    rank: int = 0  # under torchrun: which process this result is from (0 prints it)
 
 
 def parsed_step(line: str) -> int | None:
@@ -309,8 +320,10 @@ class MetricsLog:
     package is installed (optional; nothing happens without it).
     """
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path, self.enabled, self.tensorboard = path, enabled, None
+        if not enabled:  # processes other than rank 0 log nothing
+            return
         if resume_step is None:
             path.write_text("")
         elif path.exists():
@@ -327,6 +340,8 @@ class MetricsLog:
             self.tensorboard = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
@@ -435,7 +450,7 @@ MIN_ITEMS_FOR_BAD_FRACTION = 100
 
 def check_bad_fraction(cfg: Config, task: TaskData) -> None:
     """Stop when too much of the data is unreadable, rather than train on what is left."""
-    n, bad = task.attempted, task.skips.count
+    n, bad = task.attempted, task.unreadable
     if n >= MIN_ITEMS_FOR_BAD_FRACTION and bad > cfg.data.max_bad_fraction * n:
         what = "image" if task.name == "spatial" else "video"
         raise RunError(f"{bad} of the {n} {what}s read so far ({bad / n:.0%}) were unreadable "
@@ -485,30 +500,50 @@ def train(
     """Train the trunk by spatial and/or temporal ordering; see the module docstring.
 
     `stop_at` ends the run early after that step with a checkpoint, as an interruption would;
-    `resume=True` continues it to `train.steps`.
+    `resume=True` continues it to `train.steps`. Under torchrun every process calls this and
+    joins one process group for the run (see `permrl.distributed`).
     """
-    run_dir = Path(run_dir)
-    resume_from = prepare_run_dir(run_dir, resume, force)
-    ckpt = load_checkpoint(resume_from) if resume_from else None
+    try:
+        env = Distributed.from_environment()
+    except DistributedError as e:
+        raise RunError(str(e)) from None
+    device = resolve_device(cfg.train.device, env)
+    env.start(device)
+    try:
+        return train_processes(cfg, Path(run_dir), env, device, resume=resume, force=force,
+                               progress=progress, stop_at=stop_at)
+    finally:
+        env.stop()
+
+
+def train_processes(
+    cfg: Config, run_dir: Path, env: Distributed, device: torch.device, *, resume: bool,
+    force: bool, progress: bool, stop_at: int | None,
+) -> RunResult:
+    """The run itself, on this process (one of `env.world_size`); see `train`."""
+    resume_from = env.on_main(lambda: prepare_run_dir(run_dir, resume, force))
+    ckpt = env.on_main(lambda: load_checkpoint(resume_from) if resume_from else None)
     if ckpt is not None:
         check_resumable(ckpt, cfg, resume_from)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial weights: the same on every process
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
 
     # Per task: Psi, data with X_val held out, a permutation sampler.
     names = model_tasks(cfg)
     tasks = {name: prepare_task(cfg, name, ckpt["permutations"][name] if ckpt
-                                else build_permutations(cfg, name)) for name in names}
+                                else build_permutations(cfg, name), env) for name in names}
     perms = {name: torch.from_numpy(t.permutations) for name, t in tasks.items()}
     if cfg.eval.knn_every:  # fail now, not after knn_every steps
         for spec in (cfg.eval.knn_train, cfg.eval.knn_test):
             if not (open_source(spec).labels >= 0).any():
                 raise RunError(f"eval.knn_every: source {spec!r} has no labels")
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if env.enabled:  # BatchNorm statistics of the global batch, as on one process
+        model = synchronise_batchnorm(model, device)
+    model = model.to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model)
@@ -520,18 +555,20 @@ def train(
         apply_changed_hyperparameters(ckpt["config"]["train"], cfg, optimizer, scheduler)
         for name, t in tasks.items():
             t.sampler.load_state_dict(ckpt["sampler"][name])
-        set_rng_state(ckpt["rng"])
         start = ckpt["step"]
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    log = MetricsLog(run_dir / "metrics.jsonl", start if ckpt else None)
+    if env.is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    log = MetricsLog(run_dir / "metrics.jsonl", start if ckpt else None, enabled=env.is_main)
     permutation_errors = PermutationErrors(run_dir / "permutation_errors.npz",
-                                           start if ckpt else None)
+                                           start if ckpt else None, enabled=env.is_main)
 
     def checkpoint(step: int) -> None:
+        if not env.is_main:  # rank 0 writes; the others hold the same weights
+            return
         save_checkpoint({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(),
-            "config": to_dict(cfg),
+            "scheduler": scheduler.state_dict(), "step": step, "config": to_dict(cfg),
+            "world_size": env.world_size,
             "sampler": {n: t.sampler.state_dict() for n, t in tasks.items()},
             "permutations": {n: t.permutations for n, t in tasks.items()},
             "permutation_checksum": {n: permutation_checksum(t.permutations)
@@ -540,8 +577,9 @@ def train(
         permutation_errors.save()
 
     def state_of(name: str, step: int) -> NetworkState:
-        """Eq. 3, 4, 6 on the task's X_val (exact, from cached features: SPEC 6)."""
-        state = compute_state(model, name, tasks[name].val_parts, perms[name])
+        """Eq. 3, 4, 6 on the task's X_val (exact, from cached features: SPEC 6); X_val is
+        split across the processes and the state gathered on all of them."""
+        state = sharded_state(model, name, tasks[name].val_parts, perms[name], env)
         permutation_errors.add(name, step, state)
         return state
 
@@ -552,18 +590,26 @@ def train(
             record |= {f"{n}_val_accuracy": acc, f"{n}_val_error": 1 - acc,
                        f"{n}_val_samples": int(tasks[n].val_parts.shape[0])}
         log.write(record)
-        tqdm.write(f"step {step}: held-out puzzle accuracy " + ", ".join(
-            f"{n} {acc:.3f} ({tasks[n].val_parts.shape[0]} x {len(perms[n])} permutations)"
-            for n, acc in accuracy.items()), file=sys.stderr)
+        if env.is_main:
+            tqdm.write(f"step {step}: held-out puzzle accuracy " + ", ".join(
+                f"{n} {acc:.3f} ({tasks[n].val_parts.shape[0]} x {len(perms[n])} permutations)"
+                for n, acc in accuracy.items()), file=sys.stderr)
         return accuracy
 
     batches = {n: iter(task_loader(cfg, t, start, device)) for n, t in tasks.items()}
-    forward = torch.compile(model) if cfg.train.compile else model
+    forward: torch.nn.Module = model
+    if env.enabled:  # gradients averaged over processes; BN buffers are already global
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False, find_unused_parameters=len(names) > 1)
+    if cfg.train.compile:
+        forward = torch.compile(forward)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=cfg.train.amp and device.type == "cuda")
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (progress and env.is_main),
+               unit="step", dynamic_ncols=True, file=sys.stderr)
     model.train()
+    batch_size = cfg.train.batch_size
     window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
     t0 = time.perf_counter()
     loss_value, val_acc = float("nan"), {}
@@ -573,91 +619,119 @@ def train(
     try:
         bn_buffers = [b for name, b in model.named_buffers() if "running" in name]
         for step in range(start, cfg.train.steps):
-            losses = {}
+            # Dropout of this step on this process: a function of (seed, step, rank), so a
+            # resumed run draws what the interrupted one would have.
+            torch.manual_seed(step_seed(cfg.seed, step, 100 + env.rank))
             if cfg.train.nan_policy == "lower_lr":  # a skipped step must not leave its BN update
                 bn_before = [b.clone() for b in bn_buffers]
-            for name in active_tasks(cfg, step):
-                task, batch = tasks[name], next(batches[name])
+            fetched = {name: next(batches[name]) for name in active_tasks(cfg, step)}
+            # Readable samples of each task this step, over all processes; a task with none
+            # on some process sits the step out everywhere.
+            local = torch.tensor([[len(b["rows"]), b["parts"] is None] for b in fetched.values()],
+                                 dtype=torch.long).view(-1, 2)
+            kept, empty = (env.sum(local).T.tolist() if fetched else ([], []))
+            parts, targets, losses = {}, {}, {}
+            for (name, batch), n_kept, n_empty in zip(fetched.items(), kept, empty, strict=True):
+                task = tasks[name]
                 task.skips.extend(batch["skipped"])
-                task.attempted += cfg.train.batch_size
+                task.attempted += batch_size
+                task.unreadable += batch_size - n_kept
                 check_bad_fraction(cfg, task)
                 if task.skips.count and not task.warned:  # one line at the first skip
                     tqdm.write(f"{task.skips.warning_line()} [{name}]", file=sys.stderr)
                     task.warned = True
-                if batch["parts"] is None:
+                if n_empty:
                     continue
-                # 1. Which permutation for which sample (the sampler; the policy plugs in here).
+                # 1. Which permutation for which sample: drawn on rank 0 for the whole batch
+                #    (the sampler, later the policy, lives there), each process takes its rows.
                 stream = 3 + TASKS.index(name)
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, stream))
-                perm_index = task.sampler.draw(batch["parts"].shape[0], gen)
-                # 2. Shuffle (Eq. 1) and classify the permutation: all B*n parts in one trunk call.
-                parts = shuffle_tiles(batch["parts"], perms[name], perm_index).to(device)
-                target = perm_index.to(device)
+                drawn = (task.sampler.draw(batch_size, gen) if env.is_main
+                         else torch.zeros(batch_size, dtype=torch.long))
+                perm_index = env.broadcast(drawn)[batch["rows"]]
+                # 2. Shuffle (Eq. 1); the permutation index is the class.
+                parts[name] = shuffle_tiles(batch["parts"], perms[name], perm_index).to(device)
+                targets[name] = perm_index.to(device)
+            finite = True
+            if parts:
+                # 3. One forward for all tasks (one trunk call each), the losses summed (S+T)
+                #    and back-propagated once, down to conv1. Each process's summed loss is
+                #    scaled so that DDP's average is the mean over the global batch.
                 with autocast:
-                    logits = forward(name, parts)
-                losses[name] = F.cross_entropy(logits.float(), target)
-                w = window[name]
-                w["loss"] += losses[name].item() * len(target)
-                w["correct"] += (logits.argmax(1) == target).sum().item()
-                w["seen"] += len(target)
-            if losses:
-                # 3. S+T: the task losses are summed and back-propagated once, down to conv1.
+                    logits = forward(parts)
+                for name, target in targets.items():
+                    summed = F.cross_entropy(logits[name].float(), target, reduction="sum")
+                    losses[name] = summed * env.world_size / kept[list(fetched).index(name)]
+                    w = window[name]
+                    w["loss"] += summed.item()
+                    w["correct"] += (logits[name].argmax(1) == target).sum().item()
+                    w["seen"] += len(target)
                 loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if all_finite(loss, model):
+                finite = all_finite(loss, model)
+            # Every process takes the same decisions: skip a non-finite step, stop on a signal.
+            agreed = env.sum(torch.tensor([
+                float(not finite), float(interrupted.name is not None),
+                float(sum(losses.values()).item()) if losses else 0.0], dtype=torch.float64))
+            if parts:
+                if agreed[0] == 0:
                     optimizer.step()
                     nan_skips = 0
                 else:  # nothing is updated: the weights are still the last good state
                     nan_skips = handle_non_finite(cfg, step + 1, nan_skips, optimizer, scheduler)
                     for buffer, before in zip(bn_buffers, bn_before, strict=True):
                         buffer.copy_(before)
-                loss_value = loss.item()
+                loss_value = agreed[2].item() / env.world_size
             scheduler.step()
             # 4. Bookkeeping: progress bar, metrics, held-out validation, checkpoint.
             done = step + 1
             if done % cfg.train.log_every == 0 or done in (cfg.train.steps, stop_at):
                 elapsed = time.perf_counter() - t0
+                totals = env.sum(torch.tensor([[w["loss"], w["correct"], w["seen"]]
+                                               for w in window.values()], dtype=torch.float64))
                 record: dict[str, Any] = {"step": done, "lr": scheduler.get_last_lr()[0]}
                 postfix = {}
                 for n, episode in postfix_policy.items():
                     postfix |= {f"{n[0]}_err": f"{episode['error_after']:.3f}",
                                 f"{n[0]}_reward": f"{episode.get('reward', 0.0):.4f}"}
-                seen = 0
-                for n, w in window.items():
-                    if w["seen"]:
-                        record |= {f"{n}_loss": w["loss"] / w["seen"],
-                                   f"{n}_accuracy": w["correct"] / w["seen"]}
+                for n, (loss_sum, correct, seen) in zip(window, totals.tolist(), strict=True):
+                    if seen:
+                        record |= {f"{n}_loss": loss_sum / seen, f"{n}_accuracy": correct / seen}
                         postfix |= {f"{n[0]}_loss": f"{record[f'{n}_loss']:.3f}",
                                     f"{n[0]}_acc": f"{record[f'{n}_accuracy']:.3f}"}
-                    seen += w["seen"]
-                record |= {"samples_per_s": seen / max(elapsed, 1e-9),
-                           "skipped": sum(t.skips.count for t in tasks.values())}
+                record |= {"samples_per_s": totals[:, 2].sum().item() / max(elapsed, 1e-9),
+                           "skipped": sum(t.unreadable for t in tasks.values())}
                 log.write(record)
                 bar.set_postfix(postfix | {"samples_s": f"{record['samples_per_s']:.0f}"})
                 window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
                 t0 = time.perf_counter()
             # 5. The policy (Sect. 3.2): after N SGD iterations the state s_t regroups Psi and
             #    fixes s_hat; the next K mini-batches are the episode; after them E_{t+1} gives
-            #    the reward (Eq. 7) and REINFORCE updates pi (Eq. 9).
+            #    the reward (Eq. 7) and REINFORCE updates pi (Eq. 9). The state is computed by
+            #    all processes; the policy lives on rank 0.
             phase = policy_phase(cfg, done)
             for name in active_tasks(cfg, step) if phase else []:
+                state = state_of(name, done)
                 sampler = tasks[name].sampler
+                if not env.is_main:
+                    continue
                 if phase == "episode_start":
-                    sampler.observe(done, state_of(name, done))
+                    sampler.observe(done, state)
                     sampler.begin_episode()
                 elif sampler.episode is not None:  # (in S&T a task may join in mid-cycle)
-                    episode = sampler.end_episode(done, state_of(name, done))
+                    episode = sampler.end_episode(done, state)
                     log.write({"step": done, "task": name, "episode": sampler.updates} | episode)
                     postfix_policy[name] = episode  # reward and error go to the progress bar
             if (cfg.train.val_every and done % cfg.train.val_every == 0) or done == cfg.train.steps:
                 val_acc = validate(done)
-            if cfg.eval.knn_every and (done % cfg.eval.knn_every == 0 or done == cfg.train.steps):
+            if cfg.eval.knn_every and env.is_main and (
+                    done % cfg.eval.knn_every == 0 or done == cfg.train.steps):
                 log.write({"step": done} | retrieval_during_training(model, cfg, device))
             if done % cfg.train.checkpoint_every == 0 or done in (cfg.train.steps, stop_at):
                 checkpoint(done)
             bar.update(1)
-            if interrupted.name is not None:  # SIGINT / SIGTERM: finish the step, save, exit
+            if agreed[1] > 0:  # SIGINT / SIGTERM (on any process): finish the step, save, exit
                 if done % cfg.train.checkpoint_every and done != cfg.train.steps:
                     checkpoint(done)
                 stopped = done
@@ -667,14 +741,15 @@ def train(
     finally:  # the signal handlers never outlive train()
         bar.close()
         interrupted.restore()
-    if stopped is not None:
-        print(f"permrl: {interrupted.name} received: stopped after step {stopped} with a "
-              f"checkpoint in {run_dir}; continue with the same command and --resume",
-              file=sys.stderr)
+    if stopped is not None and env.is_main:
+        print(f"permrl: {interrupted.name or 'a stop signal'} received: stopped after step "
+              f"{stopped} with a checkpoint in {run_dir}; continue with the same command and "
+              "--resume", file=sys.stderr)
     if start >= cfg.train.steps:  # resuming a finished run: nothing to do, nothing to log
-        val_acc = last_validation(run_dir / "metrics.jsonl")
+        val_acc = env.on_main(lambda: last_validation(run_dir / "metrics.jsonl"))
     for name, t in tasks.items():
         if t.skips.count:
             print(f"{t.skips.warning_line()} [{name}, whole run]", file=sys.stderr)
     return RunResult(run_dir, stopped or cfg.train.steps, loss_value, val_acc,
-                     sum(t.skips.count for t in tasks.values()), interrupted=stopped is not None)
+                     sum(t.unreadable for t in tasks.values()),
+                     interrupted=stopped is not None, rank=env.rank)

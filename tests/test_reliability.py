@@ -109,9 +109,9 @@ def poison_loss(monkeypatch, at_call: int, factor: float) -> None:
     original = train_module.F.cross_entropy
     calls = {"n": 0}
 
-    def poisoned(logits, target):
+    def poisoned(logits, target, **kwargs):
         calls["n"] += 1
-        loss = original(logits, target)
+        loss = original(logits, target, **kwargs)
         return loss * factor if calls["n"] == at_call else loss
 
     monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)

@@ -99,7 +99,7 @@ def test_checkpoint_contents(tmp_path):
     assert ckpt["permutations"]["spatial"].shape == (4, 4)
     assert ckpt["permutation_checksum"]["spatial"] == permutation_checksum(
         ckpt["permutations"]["spatial"])
-    assert {"model", "optimizer", "scheduler", "sampler", "rng", "config"} <= set(ckpt)
+    assert {"model", "optimizer", "scheduler", "sampler", "config", "world_size"} <= set(ckpt)
     assert (tmp_path / "run/config.yaml").exists()
     assert not list((tmp_path / "run").glob("*.tmp"))  # the atomic write left no temp file
 

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from permrl.data.images import resize_square
 from permrl.data.samples import (
+    DrawRows,
     PuzzleGeometry,
     clip_crop_box,
     clip_window,
@@ -60,11 +61,20 @@ def split_validation(
     return np.sort(order[val_size:]), np.sort(order[:val_size])
 
 
-class StepBatches(Dataset):
-    """Shared part: which training items make up the batch of a step."""
+def shard_positions(batch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Positions in a global batch that process `rank` of `world_size` builds: a contiguous
+    block, the first `batch_size % world_size` blocks one longer."""
+    return np.array_split(np.arange(batch_size), world_size)[rank]
 
-    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, stream: int) -> None:
+
+class StepBatches(Dataset):
+    """Shared part: which training items make up the batch of a step, and which of them this
+    process builds (its shard: `rank` of `world_size`; one process builds them all)."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, stream: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.indices, self.batch_size, self.seed, self.stream = indices, batch_size, seed, stream
+        self.positions = shard_positions(batch_size, rank, world_size)
 
     def items_of_step(self, step: int) -> np.ndarray:
         """Items of a step: a seeded permutation per epoch, consumed batch by batch."""
@@ -78,9 +88,19 @@ class StepBatches(Dataset):
         return out
 
     def generators(self, step: int) -> tuple[np.random.Generator, torch.Generator]:
+        """The step's generators; their draws are made for the whole global batch."""
         rng = np.random.default_rng(step_seed(self.seed, step, 10 * self.stream + 1))
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, 10 * self.stream + 2))
         return rng, gen
+
+    def item_rng(self, step: int, position: int) -> np.random.Generator:
+        """Item-level randomness whose bounds depend on the item (clip window, crop)."""
+        return np.random.default_rng([self.seed, step, 10 * self.stream + 3, position])
+
+    def shard_items(self, step: int) -> list[tuple[int, int]]:
+        """(position in the global batch, item index) for this process's shard of the step."""
+        items = self.items_of_step(step)
+        return [(int(j), int(items[j])) for j in self.positions]
 
     def __len__(self) -> int:
         return sys.maxsize
@@ -97,29 +117,37 @@ class PuzzleBatches(StepBatches):
     def __init__(
         self, source: ImageSource, indices: np.ndarray, geometry: PuzzleGeometry,
         batch_size: int, seed: int, grey_prob: float, colour_jitter: float,
+        rank: int = 0, world_size: int = 1,
     ) -> None:
-        super().__init__(indices, batch_size, seed, stream=0)
+        super().__init__(indices, batch_size, seed, stream=0, rank=rank, world_size=world_size)
         self.source, self.geometry = source, geometry
         self.grey_prob, self.jitter = grey_prob, colour_jitter
 
     def __getitem__(self, step: int) -> dict[str, Any]:
+        """{"parts": tiles of the readable items of this shard (None if none), "rows": their
+        positions in the global batch, "skipped": descriptions of the unreadable ones}."""
         rng, gen = self.generators(step)
         size = self.geometry.image_size
-        images, skipped = [], []
-        for i in self.items_of_step(step):
-            img = self.source.load(int(i))
+        scaled = round(size * 256 / 225)
+        corners = rng.integers(0, scaled - size + 1, size=(self.batch_size, 2))
+        images, rows, skipped = [], [], []
+        for j, i in self.shard_items(step):
+            img = self.source.load(i)
             if img is None:
-                skipped.append(self.source.describe(int(i)))
+                skipped.append(self.source.describe(i))
                 continue
-            big = resize_square(img, round(size * 256 / 225), crop="center")
-            top, left = rng.integers(0, big.shape[0] - size + 1, size=2)
+            big = resize_square(img, scaled, crop="center")
+            top, left = corners[j]
             images.append(big[top : top + size, left : left + size])
+            rows.append(j)
         parts = None
         if images:
             batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
             parts = make_tiles(batch, self.geometry, train=True, grey_prob=self.grey_prob,
-                               jitter_strength=self.jitter, generator=gen)
-        return {"step": step, "parts": parts, "skipped": skipped}
+                               jitter_strength=self.jitter, generator=gen,
+                               draw=DrawRows(self.batch_size, torch.tensor(rows)))
+        return {"step": step, "parts": parts, "rows": torch.tensor(rows, dtype=torch.long),
+                "skipped": skipped}
 
 
 def read_clip(
@@ -153,28 +181,32 @@ class ClipBatches(StepBatches):
     def __init__(
         self, source: VideoSourceLike, indices: np.ndarray, *, frames: int, size: int,
         stride_min: int, stride_max: int, crop_min: float, batch_size: int, seed: int,
-        grey_prob: float, colour_jitter: float,
+        grey_prob: float, colour_jitter: float, rank: int = 0, world_size: int = 1,
     ) -> None:
-        super().__init__(indices, batch_size, seed, stream=1)
+        super().__init__(indices, batch_size, seed, stream=1, rank=rank, world_size=world_size)
         self.source = source
         self.clip = {"frames": frames, "stride_min": stride_min, "stride_max": stride_max,
                      "crop_min": crop_min, "size": size}
         self.grey_prob, self.jitter = grey_prob, colour_jitter
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        rng, gen = self.generators(step)
-        clips, skipped = [], []
-        for i in self.items_of_step(step):
-            clip = read_clip(self.source, int(i), rng=rng, **self.clip)
+        """As `PuzzleBatches`: this shard's clips, their rows, the unreadable ones."""
+        _, gen = self.generators(step)
+        clips, rows, skipped = [], [], []
+        for j, i in self.shard_items(step):
+            clip = read_clip(self.source, i, rng=self.item_rng(step, j), **self.clip)
             if clip is None:
-                skipped.append(self.source.describe(int(i)))
+                skipped.append(self.source.describe(i))
                 continue
             clips.append(clip)
+            rows.append(j)
         parts = None
         if clips:
             parts = make_clip_frames(torch.stack(clips), train=True, grey_prob=self.grey_prob,
-                                     jitter_strength=self.jitter, generator=gen)
-        return {"step": step, "parts": parts, "skipped": skipped}
+                                     jitter_strength=self.jitter, generator=gen,
+                                     draw=DrawRows(self.batch_size, torch.tensor(rows)))
+        return {"step": step, "parts": parts, "rows": torch.tensor(rows, dtype=torch.long),
+                "skipped": skipped}
 
 
 def validation_tiles(

@@ -55,6 +55,24 @@ def tile_boxes(geometry: PuzzleGeometry, offsets: torch.Tensor) -> torch.Tensor:
     return origin + offsets.long().clamp(0, g.max_jitter)
 
 
+@dataclass(frozen=True)
+class DrawRows:
+    """Which rows of a batch's random draws some samples take.
+
+    The random numbers of a training step are drawn for the whole (global) batch of `batch`
+    samples; samples at positions `rows` take theirs. A process holding one shard of the batch,
+    or a batch with unreadable items left out, gets exactly the numbers it would have had in the
+    complete batch, so the data of a step does not depend on how it is split across processes.
+    """
+
+    batch: int
+    rows: torch.Tensor  # (b,) int64 positions in 0..batch-1
+
+    @classmethod
+    def all(cls, batch: int) -> DrawRows:
+        return cls(batch, torch.arange(batch))
+
+
 def random_offsets(batch: int, geometry: PuzzleGeometry, generator=None, device=None):
     """Uniform jitter of each tile inside its cell: (B, m*m, 2)."""
     return torch.randint(
@@ -93,7 +111,9 @@ def to_grey(x: torch.Tensor) -> torch.Tensor:
     return luma.expand_as(x)
 
 
-def colour_jitter(tiles: torch.Tensor, strength: float, generator=None) -> torch.Tensor:
+def colour_jitter(
+    tiles: torch.Tensor, strength: float, generator=None, draw: DrawRows | None = None
+) -> torch.Tensor:
     """Per-tile saturation and gamma jitter on [0, 1] tiles (B, n, 3, t, t).
 
     A per-channel gain or offset would be undone by the per-channel normalisation, so the jitter
@@ -101,8 +121,9 @@ def colour_jitter(tiles: torch.Tensor, strength: float, generator=None) -> torch
     """
     if strength <= 0:
         return tiles
-    shape = (*tiles.shape[:2], 1, 1, 1)
-    u = torch.rand((2, *shape), generator=generator, device=tiles.device)
+    draw = draw or DrawRows.all(tiles.shape[0])
+    shape = (draw.batch, tiles.shape[1], 1, 1, 1)
+    u = torch.rand((2, *shape), generator=generator, device=tiles.device)[:, draw.rows]
     saturation = 1 + strength * (2 * u[0] - 1)
     gamma = torch.exp(strength * (2 * u[1] - 1))
     grey = to_grey(tiles)
@@ -118,11 +139,13 @@ def make_tiles(
     grey_prob: float = 0.3,
     jitter_strength: float = 0.2,
     generator: torch.Generator | None = None,
+    draw: DrawRows | None = None,
 ) -> torch.Tensor:
     """uint8 (B, 3, S, S) images -> normalised tiles (B, m*m, 3, tile, tile) in grid order.
 
     `train=False` gives the deterministic validation view (centred tiles, no jitter, no grey).
-    This part does not depend on the permutation, so it can run in DataLoader workers.
+    This part does not depend on the permutation, so it can run in DataLoader workers. `draw`:
+    which rows of a larger batch's random draws these images take (default: all B).
     """
     b, _, h, w = images.shape
     g = geometry
@@ -130,16 +153,17 @@ def make_tiles(
         raise ValueError(f"images are {h}x{w}, the puzzle geometry needs {g.image_size} px")
     x = images.float().div_(255)
     dev = images.device
+    draw = draw or DrawRows.all(b)
     if train:
-        offsets = random_offsets(b, g, generator, dev)
+        offsets = random_offsets(draw.batch, g, generator, dev)[draw.rows]
         if grey_prob > 0:
-            grey = torch.rand(b, generator=generator, device=dev) < grey_prob
+            grey = torch.rand(draw.batch, generator=generator, device=dev)[draw.rows] < grey_prob
             x = torch.where(grey[:, None, None, None], to_grey(x), x)
     else:
         offsets = centre_offsets(b, g, dev)
     tiles = cut_tiles(x, tile_boxes(g, offsets), g.tile)
     if train:
-        tiles = colour_jitter(tiles, jitter_strength, generator)
+        tiles = colour_jitter(tiles, jitter_strength, generator, draw)
     return normalise_tiles(tiles)
 
 
@@ -213,17 +237,20 @@ def make_clip_frames(
     grey_prob: float = 0.3,
     jitter_strength: float = 0.2,
     generator: torch.Generator | None = None,
+    draw: DrawRows | None = None,
 ) -> torch.Tensor:
     """uint8 (B, u, 3, S, S) clips (frames in temporal order) -> normalised float frames.
 
     Greying is per clip, colour jitter and normalisation per frame (frame-level augmentation,
     Sect. 3.1), so a frame cannot be placed by its colour statistics. Shuffle the result with
-    `shuffle_tiles`, which reorders dim 1 whatever the parts are (Eq. 1).
+    `shuffle_tiles`, which reorders dim 1 whatever the parts are (Eq. 1). `draw` as in
+    `make_tiles`.
     """
     x = clips.float().div_(255)
+    draw = draw or DrawRows.all(x.shape[0])
     if train and grey_prob > 0:
-        grey = torch.rand(x.shape[0], generator=generator, device=x.device) < grey_prob
+        grey = torch.rand(draw.batch, generator=generator, device=x.device)[draw.rows] < grey_prob
         x = torch.where(grey[:, None, None, None, None], to_grey(x), x)
     if train:
-        x = colour_jitter(x, jitter_strength, generator)
+        x = colour_jitter(x, jitter_strength, generator, draw)
     return normalise_tiles(x)

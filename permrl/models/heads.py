@@ -181,8 +181,9 @@ class TemporalHead(nn.Module):
 class OrderingNet(nn.Module):
     """The shared trunk and one head per task ("spatial", "temporal").
 
-    `forward(task, parts)`: (B, n, 3, t, t) tiles or frames -> (B, |Psi_task|) logits; all B*n
-    parts go through the trunk in one call.
+    `logits(task, parts)`: (B, n, 3, t, t) tiles or frames -> (B, |Psi_task|) logits; all B*n
+    parts go through the trunk in one call. `forward({task: parts})` does it for every task of a
+    step (S+T), so DistributedDataParallel sees one forward per backward.
     """
 
     def __init__(
@@ -203,8 +204,11 @@ class OrderingNet(nn.Module):
         """(B, n, 3, t, t) -> (B, n, fc6): what the permutation only reorders."""
         return self.heads[task].part_features(self.trunk_output(parts))
 
-    def forward(self, task: str, parts: torch.Tensor) -> torch.Tensor:
+    def logits(self, task: str, parts: torch.Tensor) -> torch.Tensor:
         return self.heads[task](self.trunk_output(parts))
+
+    def forward(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {task: self.logits(task, x) for task, x in parts.items()}
 
 
 def permutation_logits(

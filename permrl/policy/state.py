@@ -128,7 +128,7 @@ def naive_state(
             for k0 in range(0, num_perms * num_val, chunk):
                 idx_p, idx_v = pair_perm[k0 : k0 + chunk], pair_val[k0 : k0 + chunk]
                 parts = shuffle_tiles(val_parts[idx_v].to(device), perms, idx_p)  # Eq. 1
-                logits = model(task, parts)
+                logits = model.logits(task, parts)
                 labels = idx_p.to(device)
                 ratios[k0 : k0 + len(idx_p)] = softmax_ratio(logits, labels).cpu()
                 correct[k0 : k0 + len(idx_p)] = (logits.argmax(dim=1) == labels).cpu()

@@ -106,7 +106,7 @@ def jigsaw():
 def test_jigsaw_end_to_end_shape(jigsaw, channels_last):
     jigsaw.channels_last = channels_last
     with torch.no_grad():
-        out = jigsaw("spatial", torch.rand(4, 9, 3, 32, 32))
+        out = jigsaw.logits("spatial", torch.rand(4, 9, 3, 32, 32))
     assert out.shape == (4, 5)
 
 
@@ -115,16 +115,16 @@ def test_jigsaw_equals_trunk_then_head(jigsaw):
     jigsaw.channels_last = False
     with torch.no_grad():
         ref = jigsaw.heads["spatial"](jigsaw.trunk(x.view(18, 3, 32, 32)))
-        torch.testing.assert_close(jigsaw("spatial", x), ref, rtol=0, atol=0)
+        torch.testing.assert_close(jigsaw.logits("spatial", x), ref, rtol=0, atol=0)
 
 
 def test_jigsaw_channels_last_same_output(jigsaw):
     x = torch.rand(3, 9, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         jigsaw.channels_last = False
-        a = jigsaw("spatial", x)
+        a = jigsaw.logits("spatial", x)
         jigsaw.channels_last = True
-        b = jigsaw("spatial", x)
+        b = jigsaw.logits("spatial", x)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -176,6 +176,10 @@ def test_ordering_net_runs_both_tasks_through_one_trunk():
         "temporal": TemporalHead(c * h * w, 6, 7, fc6_dim=8, hidden=12),
     }).eval()
     with torch.no_grad():
-        assert net("spatial", torch.rand(2, 4, 3, 32, 32)).shape == (2, 5)
-        assert net("temporal", torch.rand(3, 6, 3, 32, 32)).shape == (3, 7)
+        assert net.logits("spatial", torch.rand(2, 4, 3, 32, 32)).shape == (2, 5)
+        assert net.logits("temporal", torch.rand(3, 6, 3, 32, 32)).shape == (3, 7)
         assert net.part_features("temporal", torch.rand(3, 6, 3, 32, 32)).shape == (3, 6, 8)
+        both = {"spatial": torch.rand(2, 4, 3, 32, 32), "temporal": torch.rand(3, 6, 3, 32, 32)}
+        out = net(both)  # one forward for every task of a step
+        for task, parts in both.items():
+            assert torch.equal(out[task], net.logits(task, parts))

@@ -107,7 +107,7 @@ def test_naive_state_is_the_shuffled_forward_by_hand():
         for i in range(len(perms)):
             for x in range(3):
                 parts = val[x, perms[i]][None]  # Eq. 1: position k holds part psi_k
-                p = torch.softmax(model("spatial", parts)[0], 0)
+                p = torch.softmax(model.logits("spatial", parts)[0], 0)
                 others = torch.cat([p[:i], p[i + 1 :]]).max()
                 assert state.ratios[i, x].item() == pytest.approx(
                     (p[i].item() + 1) / (others.item() + 1), abs=1e-6)

@@ -1,0 +1,231 @@
+"""Training on several processes (SPEC 8): `torchrun` + DistributedDataParallel.
+
+`torchrun --nproc_per_node N -m permrl train ...` starts N copies of `permrl train`; each finds
+RANK / WORLD_SIZE / LOCAL_RANK in its environment (`Distributed.from_environment`) and joins one
+process group (gloo on CPU, nccl on CUDA). What is synchronised, and how:
+
+- data: each process builds its contiguous block of every global batch
+  (`batches.shard_positions`); the random draws of a step are made for the whole batch and each
+  process keeps its rows, so the samples are those one process would have built;
+- permutations: rank 0 draws them for the whole batch (the policy, its k-means grouping and
+  its updates live there) and broadcasts them;
+- gradients: DDP averages them; each process scales its summed loss by world size / global
+  count of samples, so the average is the gradient of the global-batch mean;
+- BatchNorm: batch statistics over the global batch (nn.SyncBatchNorm on CUDA; on CPU, where
+  SyncBatchNorm refuses to run, `GlobalBatchNorm`: the same sums all-reduced with autograd);
+- the validation state (Eq. 3, 4, 6): X_val split in blocks of whole sample chunks, the
+  columns of the state gathered on every process;
+- metrics, checkpoints, figures: rank 0 only. Stops (SIGINT/SIGTERM, non-finite loss) are
+  agreed on by all processes at the end of each step.
+
+One process (no torchrun) is `Distributed()`: every collective is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from permrl.policy.state import NetworkState, compute_state
+
+T = TypeVar("T")
+
+
+class DistributedError(RuntimeError):
+    """A user-facing problem of the distributed set-up: one line."""
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job; `world_size` 1 = a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """RANK / WORLD_SIZE / LOCAL_RANK as set by torchrun; none of them: one process."""
+        if "WORLD_SIZE" not in os.environ:
+            return cls()
+        try:
+            env = cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                      int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+        except (KeyError, ValueError):
+            raise DistributedError("WORLD_SIZE is set but RANK / LOCAL_RANK are missing or not "
+                                   "integers; launch with torchrun") from None
+        if not 0 <= env.rank < env.world_size:
+            raise DistributedError(f"RANK={env.rank} is outside WORLD_SIZE={env.world_size}")
+        return env
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # Process group --------------------------------------------------------------------------
+    def start(self, device: torch.device) -> None:
+        """Join the process group (gloo on CPU, nccl on CUDA); nothing for one process."""
+        if not self.enabled or dist.is_initialized():
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                rank=self.rank, world_size=self.world_size,
+                                device_id=device if device.type == "cuda" else None)
+
+    def stop(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def device_for(self, device: torch.device) -> torch.device:
+        """One GPU per process: cuda -> cuda:LOCAL_RANK."""
+        if device.type == "cuda" and self.enabled:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    # Collectives (identities for one process) ---------------------------------------------
+    def _comm(self, tensor: torch.Tensor) -> torch.Tensor:
+        backend_cuda = dist.get_backend() == "nccl"
+        return tensor.cuda() if backend_cuda else tensor.cpu()
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over all processes (a new tensor on the input's device)."""
+        if not self.enabled:
+            return tensor.clone()
+        out = self._comm(tensor.detach().clone())
+        dist.all_reduce(out)
+        return out.to(tensor.device)
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's tensor on every process (same shape and dtype everywhere)."""
+        if not self.enabled:
+            return tensor
+        out = self._comm(tensor.clone())
+        dist.broadcast(out, src=0)
+        return out.to(tensor.device)
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0 only; its result, or the exception it raised, reaches every process
+        (so a user error on rank 0 is the same one-line error everywhere, not a hang)."""
+        if not self.enabled:
+            return fn()
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as e:  # re-raised below, on every process
+                box[0] = ("error", e)
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
+
+    def gather_columns(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """(rows, counts[rank]) blocks of every process -> (rows, sum(counts)), in rank order."""
+        if not self.enabled:
+            return local
+        width = max(counts)
+        padded = local.new_zeros((local.shape[0], width))
+        padded[:, : local.shape[1]] = local
+        comm = self._comm(padded.contiguous())
+        parts = [torch.empty_like(comm) for _ in range(self.world_size)]
+        dist.all_gather(parts, comm)
+        return torch.cat([p[:, :n].cpu() for p, n in zip(parts, counts, strict=True)], dim=1)
+
+
+def state_shards(num_val: int, world_size: int, sample_chunk: int) -> list[range]:
+    """Each process's block of X_val, in whole `sample_chunk`s, so that every chunk is computed
+    exactly as one process computes it (the state is then bitwise the one-process state)."""
+    chunks = -(-num_val // sample_chunk)
+    per = [chunks // world_size + (r < chunks % world_size) for r in range(world_size)]
+    starts = [sum(per[:r]) * sample_chunk for r in range(world_size + 1)]
+    return [range(min(starts[r], num_val), min(starts[r + 1], num_val))
+            for r in range(world_size)]
+
+
+def sharded_state(
+    model: nn.Module, task: str, val_parts: torch.Tensor, permutations: torch.Tensor,
+    env: Distributed, sample_chunk: int = 8,
+) -> NetworkState:
+    """`compute_state` with X_val split across the processes, gathered on all of them."""
+    if not env.enabled:
+        return compute_state(model, task, val_parts, permutations, sample_chunk=sample_chunk)
+    shards = state_shards(val_parts.shape[0], env.world_size, sample_chunk)
+    mine = shards[env.rank]
+    local = compute_state(model, task, val_parts[mine.start : mine.stop], permutations,
+                          sample_chunk=sample_chunk)
+    counts = [len(s) for s in shards]
+    ratios = env.gather_columns(local.ratios, counts)
+    correct = env.gather_columns(local.correct.to(torch.uint8), counts).bool()
+    return NetworkState.from_matrices(ratios, correct)
+
+
+class GlobalBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch across processes.
+
+    The per-channel sum and count, then the sum of squared deviations, are all-reduced through
+    `torch.distributed.nn.functional.all_reduce`, which is differentiable (its backward sums the
+    gradients of every process), so the gradient is that of BatchNorm on the whole batch. The
+    running statistics use the global mean and the unbiased global variance, like BatchNorm on
+    one process. Outside training (or with one process) it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        count = x.new_full((1,), x.numel() / max(1, x.shape[1]))
+        totals = dist_fn.all_reduce(torch.cat([x.sum(dims), count]))
+        n = totals[-1]
+        mean = totals[:-1] / n
+        centred = x - mean.view(shape)
+        var = dist_fn.all_reduce((centred * centred).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                unbiased = var.detach() * n / (n - 1).clamp_min(1)
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm of `module` -> global-batch statistics (SyncBatchNorm on CUDA)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats, device=device)
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            synchronise_batchnorm(child, device)
+    return module
+
+
+ONE_PROCESS = Distributed()  # the default: no torchrun, every collective the identity
