@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_file = str(Path(args.out) / "config.yaml")  # --resume: the run's own config
     cfg = load_config(config_file, args.preset, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force)
-    if result.interrupted:
+    if result.interrupted or result.rank != 0:  # under torchrun rank 0 speaks for the run
         return 0
     accuracy = ", ".join(f"{task} {acc:.3f}" for task, acc in result.val_accuracy.items())
     print(f"trained {result.steps} steps: final loss {result.final_loss:.4f}, held-out puzzle "

@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -173,14 +172,28 @@ def sharded_state(
     return NetworkState.from_matrices(ratios, correct)
 
 
+class AllReduceSum(torch.autograd.Function):
+    """Sum over processes, differentiable: the gradient of each process's input is the sum of
+    the gradients of all processes' outputs (every process's loss depends on the sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return AllReduceSum.apply(grad)
+
+
 class GlobalBatchNorm(_BatchNorm):
     """BatchNorm whose training statistics are those of the global batch across processes.
 
-    The per-channel sum and count, then the sum of squared deviations, are all-reduced through
-    `torch.distributed.nn.functional.all_reduce`, which is differentiable (its backward sums the
-    gradients of every process), so the gradient is that of BatchNorm on the whole batch. The
-    running statistics use the global mean and the unbiased global variance, like BatchNorm on
-    one process. Outside training (or with one process) it is plain BatchNorm.
+    The per-channel sum and count, then the sum of squared deviations, are all-reduced by
+    `AllReduceSum`, which is differentiable, so the gradient is that of BatchNorm on the whole
+    batch. The running statistics use the global mean and the unbiased global variance, like
+    BatchNorm on one process. Outside training (or with one process) it is plain BatchNorm.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -193,11 +206,11 @@ class GlobalBatchNorm(_BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = (1, -1) + (1,) * (x.dim() - 2)
         count = x.new_full((1,), x.numel() / max(1, x.shape[1]))
-        totals = dist_fn.all_reduce(torch.cat([x.sum(dims), count]))
+        totals = AllReduceSum.apply(torch.cat([x.sum(dims), count]))
         n = totals[-1]
         mean = totals[:-1] / n
         centred = x - mean.view(shape)
-        var = dist_fn.all_reduce((centred * centred).sum(dims)) / n
+        var = AllReduceSum.apply((centred * centred).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

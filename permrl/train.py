@@ -601,7 +601,7 @@ def train_processes(
     if env.enabled:  # gradients averaged over processes; BN buffers are already global
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=len(names) > 1)
+            forward_sync_buffers=False, find_unused_parameters=bool(cfg.train.serial_switch))
     if cfg.train.compile:
         forward = torch.compile(forward)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
@@ -625,11 +625,14 @@ def train_processes(
             if cfg.train.nan_policy == "lower_lr":  # a skipped step must not leave its BN update
                 bn_before = [b.clone() for b in bn_buffers]
             fetched = {name: next(batches[name]) for name in active_tasks(cfg, step)}
-            # Readable samples of each task this step, over all processes; a task with none
-            # on some process sits the step out everywhere.
+            # Readable samples of each task this step, over all processes. A task with none
+            # sits the step out; under DDP, where every process must run the same forward, a
+            # process with none at all makes every task sit it out (counted as unreadable).
             local = torch.tensor([[len(b["rows"]), b["parts"] is None] for b in fetched.values()],
                                  dtype=torch.long).view(-1, 2)
             kept, empty = (env.sum(local).T.tolist() if fetched else ([], []))
+            if env.enabled and any(empty):
+                empty = [1] * len(empty)
             parts, targets, losses = {}, {}, {}
             for (name, batch), n_kept, n_empty in zip(fetched.items(), kept, empty, strict=True):
                 task = tasks[name]
