@@ -23,6 +23,7 @@ One process (no torchrun) is `Distributed()`: every collective is the identity.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from permrl.policy.state import NetworkState, compute_state
 
 T = TypeVar("T")
+
+
+# How long a process waits in a collective for the others. Rank 0 alone evaluates retrieval
+# during training (eval.knn_every) and writes checkpoints while the others wait, which can take
+# longer than NCCL's default of 10 minutes on a large gallery.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
 
 
 class DistributedError(RuntimeError):
@@ -80,9 +87,10 @@ class Distributed:
             return
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        options = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 rank=self.rank, world_size=self.world_size,
-                                device_id=device if device.type == "cuda" else None)
+                                timeout=COLLECTIVE_TIMEOUT, **options)
 
     def stop(self) -> None:
         if self.enabled and dist.is_initialized():

@@ -12,6 +12,7 @@ all |Psi| x |X_val| pairs; every `checkpoint_every` steps an atomic checkpoint f
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -482,6 +483,14 @@ def handle_non_finite(cfg: Config, step: int, skips: int, optimizer, scheduler) 
     return skips
 
 
+def no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that stops the broadcast of buffers from rank 0 at every forward (our
+    BatchNorm statistics are already global): renamed in torch 2.13."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    return ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+            else {"broadcast_buffers": False})
+
+
 def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -> DataLoader:
     """Batches of the steps (from `start`) at which this task trains, prefetched by workers."""
     steps = [s for s in range(start, cfg.train.steps) if data.name in active_tasks(cfg, s)]
@@ -521,6 +530,10 @@ def train_processes(
     force: bool, progress: bool, stop_at: int | None,
 ) -> RunResult:
     """The run itself, on this process (one of `env.world_size`); see `train`."""
+    cfg = env.on_main(lambda: cfg)  # one config for all processes: rank 0's
+    if cfg.train.batch_size < env.world_size:
+        raise RunError(f"train.batch_size={cfg.train.batch_size} is the global batch; it must "
+                       f"be at least the number of processes ({env.world_size})")
     resume_from = env.on_main(lambda: prepare_run_dir(run_dir, resume, force))
     ckpt = env.on_main(lambda: load_checkpoint(resume_from) if resume_from else None)
     if ckpt is not None:
@@ -601,7 +614,7 @@ def train_processes(
     if env.enabled:  # gradients averaged over processes; BN buffers are already global
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            forward_sync_buffers=False, find_unused_parameters=bool(cfg.train.serial_switch))
+            find_unused_parameters=bool(cfg.train.serial_switch), **no_buffer_sync())
     if cfg.train.compile:
         forward = torch.compile(forward)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
@@ -627,7 +640,8 @@ def train_processes(
             fetched = {name: next(batches[name]) for name in active_tasks(cfg, step)}
             # Readable samples of each task this step, over all processes. A task with none
             # sits the step out; under DDP, where every process must run the same forward, a
-            # process with none at all makes every task sit it out (counted as unreadable).
+            # process with none at all makes every task sit the step out (rare: a whole shard
+            # unreadable; the readable samples of the others are not trained on that step).
             local = torch.tensor([[len(b["rows"]), b["parts"] is None] for b in fetched.values()],
                                  dtype=torch.long).view(-1, 2)
             kept, empty = (env.sum(local).T.tolist() if fetched else ([], []))
@@ -715,14 +729,17 @@ def train_processes(
             #    all processes; the policy lives on rank 0.
             phase = policy_phase(cfg, done)
             for name in active_tasks(cfg, step) if phase else []:
-                state = state_of(name, done)
                 sampler = tasks[name].sampler
+                if not env.on_main(lambda s=sampler, p=phase: p == "episode_start"
+                                   or s.episode is not None):
+                    continue  # (in S&T a task may join in mid-cycle: no episode to end)
+                state = state_of(name, done)
                 if not env.is_main:
                     continue
                 if phase == "episode_start":
                     sampler.observe(done, state)
                     sampler.begin_episode()
-                elif sampler.episode is not None:  # (in S&T a task may join in mid-cycle)
+                else:
                     episode = sampler.end_episode(done, state)
                     log.write({"step": done, "task": name, "episode": sampler.updates} | episode)
                     postfix_policy[name] = episode  # reward and error go to the progress bar
