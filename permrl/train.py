@@ -642,13 +642,17 @@ def train_processes(
             # sits the step out; under DDP, where every process must run the same forward, a
             # process with none at all makes every task sit the step out (rare: a whole shard
             # unreadable; the readable samples of the others are not trained on that step).
-            local = torch.tensor([[len(b["rows"]), b["parts"] is None] for b in fetched.values()],
-                                 dtype=torch.long).view(-1, 2)
-            kept, empty = (env.sum(local).T.tolist() if fetched else ([], []))
+            readable = torch.zeros(len(fetched), batch_size + 1, dtype=torch.long)
+            for k, b in enumerate(fetched.values()):
+                readable[k, b["rows"]] = 1  # row k: which of the global batch, then "empty"
+                readable[k, -1] = b["parts"] is None
+            readable = env.sum(readable)
+            kept, empty = readable[:, :-1].sum(1).tolist(), readable[:, -1].tolist()
             if env.enabled and any(empty):
                 empty = [1] * len(empty)
             parts, targets, losses = {}, {}, {}
-            for (name, batch), n_kept, n_empty in zip(fetched.items(), kept, empty, strict=True):
+            for k, (name, batch) in enumerate(fetched.items()):
+                n_kept, n_empty = kept[k], empty[k]
                 task = tasks[name]
                 task.skips.extend(batch["skipped"])
                 task.attempted += batch_size
@@ -663,7 +667,8 @@ def train_processes(
                 #    (the sampler, later the policy, lives there), each process takes its rows.
                 stream = 3 + TASKS.index(name)
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, stream))
-                drawn = (task.sampler.draw(batch_size, gen) if env.is_main
+                trained = readable[k, :-1].bool()
+                drawn = (task.sampler.draw(batch_size, gen, trained) if env.is_main
                          else torch.zeros(batch_size, dtype=torch.long))
                 perm_index = env.broadcast(drawn)[batch["rows"]]
                 # 2. Shuffle (Eq. 1); the permutation index is the class.

@@ -54,6 +54,17 @@ def test_policy_draws_only_from_the_chosen_groups():
     assert sampler.groups.assignment[:4].tolist() == [0] * 4  # the hard rows: group 0
 
 
+def test_unreadable_samples_earn_no_credit():
+    sampler = PolicySampler(10, Reinforce(2, seed=0), num_groups=2, seed=0)
+    sampler.groups = group_permutations(np.random.default_rng(0).uniform(0.5, 2, (10, 6)), 2, 0)
+    sampler.s_hat = policy_input(sampler.groups, 10)
+    sampler.begin_episode()
+    trained = torch.tensor([True, False, True, True, False, True])
+    perms = sampler.draw(6, torch.Generator().manual_seed(1), trained)
+    assert torch.equal(sampler.episode_perms[0], perms[trained])
+    assert len(sampler.episode[0]) == 4
+
+
 def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

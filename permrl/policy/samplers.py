@@ -26,8 +26,10 @@ from permrl.policy.state import NetworkState
 
 
 class PermutationSampler(Protocol):
-    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """(batch_size,) int64 indices into Psi."""
+    def draw(self, batch_size: int, generator: torch.Generator,
+             trained: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch_size,) int64 indices into Psi. `trained`: (batch_size,) bool, the samples that
+        will be trained on (the others were unreadable); default all."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -41,7 +43,8 @@ class UniformSampler:
     def __init__(self, num_permutations: int) -> None:
         self.num_permutations = num_permutations
 
-    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    def draw(self, batch_size: int, generator: torch.Generator,
+             trained: torch.Tensor | None = None) -> torch.Tensor:
         return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
 
     def state_dict(self) -> dict[str, Any]:
@@ -83,7 +86,10 @@ class PolicySampler:
         with torch.no_grad():
             return self.reinforce.policy.distribution(self.s_hat, self.mask()).probs
 
-    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    def draw(self, batch_size: int, generator: torch.Generator,
+             trained: torch.Tensor | None = None) -> torch.Tensor:
+        """Permutations for a batch; the actions of the `trained` samples (default all) are the
+        episode's: an unreadable sample's action earns no credit in Eq. 9."""
         if self.groups is None or self.s_hat is None:
             return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
         actions, _ = self.reinforce.act(self.s_hat, self.mask(), batch_size, generator)
@@ -94,8 +100,9 @@ class PolicySampler:
         starts = torch.as_tensor(np.concatenate([[0], np.cumsum(self.groups.sizes)[:-1]]))
         perms = order[starts[actions] + offsets]
         if self.episode is not None:
-            self.episode.append(actions)
-            self.episode_perms.append(perms)
+            keep = slice(None) if trained is None else trained
+            self.episode.append(actions[keep])
+            self.episode_perms.append(perms[keep])
         return perms
 
     # Validation, episodes, updates --------------------------------------------------------
