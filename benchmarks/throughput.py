@@ -103,7 +103,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, preset "
           f"{args.preset}, tasks {'+'.join(tasks)}, batch {cfg.train.batch_size}, "
           f"{cfg.data.workers} DataLoader worker(s) per task")
-    bare = cfg.train.batch_size / bare_step_seconds(cfg, args.bare_steps)
+    # Samples of every task count, as in the loop's samples_per_s (S+T: 2 x batch per step).
+    bare = len(tasks) * cfg.train.batch_size / bare_step_seconds(cfg, args.bare_steps)
     print(f"bare model step (in-memory tensors): {bare:8.1f} samples/s")
     loop = loop_samples_per_second(cfg)
     print(f"whole training loop:                 {loop:8.1f} samples/s   "
