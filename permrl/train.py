@@ -237,8 +237,13 @@ class PermutationErrors:
                         self.rows[task] = [(int(s), e) for s, e in pairs if s <= resume_step]
 
     def add(self, task: str, step: int, state: NetworkState) -> None:
+        """One row per (task, step): a validation that coincides with a policy state at the
+        same step (the same weights) is stored once."""
         errors = state.per_permutation_error.cpu().numpy().astype(np.float16)
-        self.rows.setdefault(task, []).append((step, errors))
+        rows = self.rows.setdefault(task, [])
+        if rows and rows[-1][0] == step:
+            rows.pop()
+        rows.append((step, errors))
 
     def save(self) -> None:
         if not self.enabled:
