@@ -8,6 +8,10 @@ index. In S+T the task losses are summed and back-propagated once; in S&T
 from those weights. Every `val_every` steps the held-out puzzle error (Eq. 6) of each task over
 all |Psi| x |X_val| pairs; every `checkpoint_every` steps an atomic checkpoint from which
 `--resume` continues exactly (the data of step s is a pure function of (seed, s)).
+
+Under torchrun the same function runs in every process; `permrl.distributed` says what is
+shared how (each process builds its rows of the global batch, rank 0 draws the permutations and
+runs the policy, DDP averages the gradients, rank 0 writes).
 """
 
 from __future__ import annotations
