@@ -656,21 +656,20 @@ def train_processes(
                 readable[k, b["rows"]] = 1  # row k: which of the global batch, then "empty"
                 readable[k, -1] = b["parts"] is None
             readable = env.sum(readable)
-            kept, empty = readable[:, :-1].sum(1).tolist(), readable[:, -1].tolist()
-            if env.enabled and any(empty):
-                empty = [1] * len(empty)
+            kept = dict(zip(fetched, readable[:, :-1].sum(1).tolist(), strict=True))
+            empty = readable[:, -1] > 0
+            sits_out = empty | (env.enabled and bool(empty.any()))
             parts, targets, losses = {}, {}, {}
             for k, (name, batch) in enumerate(fetched.items()):
-                n_kept, n_empty = kept[k], empty[k]
                 task = tasks[name]
                 task.skips.extend(batch["skipped"])
                 task.attempted += batch_size
-                task.unreadable += batch_size - n_kept
+                task.unreadable += batch_size - kept[name]
                 check_bad_fraction(cfg, task)
                 if task.skips.count and not task.warned:  # one line at the first skip
                     tqdm.write(f"{task.skips.warning_line()} [{name}]", file=sys.stderr)
                     task.warned = True
-                if n_empty:
+                if sits_out[k]:
                     continue
                 # 1. Which permutation for which sample: drawn on rank 0 for the whole batch
                 #    (the sampler, later the policy, lives there), each process takes its rows.
@@ -692,7 +691,7 @@ def train_processes(
                     logits = forward(parts)
                 for name, target in targets.items():
                     summed = F.cross_entropy(logits[name].float(), target, reduction="sum")
-                    losses[name] = summed * env.world_size / kept[list(fetched).index(name)]
+                    losses[name] = summed * env.world_size / kept[name]
                     w = window[name]
                     w["loss"] += summed.item()
                     w["correct"] += (logits[name].argmax(1) == target).sum().item()
