@@ -41,6 +41,7 @@ from permrl.data.batches import (
     ClipBatches,
     PuzzleBatches,
     ValidationError,
+    shard_positions,
     split_validation,
     step_seed,
     validation_clips,
@@ -543,6 +544,12 @@ def train_processes(
     if cfg.train.batch_size < env.world_size:
         raise RunError(f"train.batch_size={cfg.train.batch_size} is the global batch; it must "
                        f"be at least the number of processes ({env.world_size})")
+    if env.enabled and env.is_main:
+        per = [len(shard_positions(cfg.train.batch_size, r, env.world_size))
+               for r in range(env.world_size)]
+        print(f"permrl: {env.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}"
+              f"), global batch {cfg.train.batch_size} = {min(per)}"
+              f"{'' if min(per) == max(per) else f'-{max(per)}'} per process", file=sys.stderr)
     resume_from = env.on_main(lambda: prepare_run_dir(run_dir, resume, force))
     ckpt = env.on_main(lambda: load_checkpoint(resume_from) if resume_from else None)
     if ckpt is not None:

@@ -89,6 +89,7 @@ def test_two_processes_equal_one_and_resume_on_one(tmp_path):
     run = torchrun(2, "-m", "permrl", "train", "--out", str(two), *args)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("trained 6 steps") == 1  # rank 0 speaks for the run
+    assert "permrl: 2 processes (gloo), global batch 8 = 4 per process" in run.stderr
     ckpt_two = load_checkpoint(two / "checkpoint.pt")
     ckpt_one = load_checkpoint(one / "checkpoint-00000006.pt")
     assert ckpt_two["world_size"] == 2 and ckpt_two["step"] == 6

@@ -1,0 +1,57 @@
+"""CUDA paths (bf16 autocast, channels_last, SyncBatchNorm conversion): run where a GPU is.
+
+This project's development machines have no GPU, so these tests skip there; on a machine with
+one they check what the CPU tests cannot: training runs on CUDA under bf16 autocast with finite
+weights, and its first step agrees with the float32 CPU step to bf16 tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from permrl.checkpoint import load_checkpoint
+from permrl.config import load_config
+from permrl.distributed import synchronise_batchnorm
+from permrl.train import build_model, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+TINY = [
+    "data.images=dead-leaves?count=40&size=80", "data.workers=0",
+    "data.videos=demo-videos?count=24&frames=12&size=40",
+    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16", "model.dropout=0.0",
+    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
+    "temporal.frames=4", "temporal.permutations=12", "temporal.stride_max=2",
+    "train.batch_size=8", "train.val_size=8", "train.warmup_steps=0", "train.val_every=0",
+    "train.schedule=constant", "train.optimizer=sgd", "train.lr=0.003",
+    "tasks=[spatial, temporal]", "policy=reinforce", "reinforce.sgd_steps=2",
+    "reinforce.episode_batches=1",
+]
+
+
+def test_s_plus_t_plus_p_trains_on_cuda_with_bf16(tmp_path):
+    train(load_config(overrides=[*TINY, "train.steps=6", "train.device=cuda"]),
+          tmp_path / "cuda", progress=False)
+    weights = load_checkpoint(tmp_path / "cuda/checkpoint.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_one_cuda_bf16_step_is_close_to_the_cpu_step(tmp_path):
+    for device in ("cpu", "cuda"):
+        train(load_config(overrides=[*TINY, "train.steps=1", f"train.device={device}",
+                                     "policy=uniform"]), tmp_path / device, progress=False)
+    cpu = load_checkpoint(tmp_path / "cpu/checkpoint.pt")["model"]
+    gpu = load_checkpoint(tmp_path / "cuda/checkpoint.pt")["model"]
+    for name in cpu:
+        torch.testing.assert_close(gpu[name].float(), cpu[name].float(), rtol=2e-2, atol=2e-3,
+                                   msg=name)
+
+
+def test_sync_batchnorm_on_cuda_keeps_the_state_dict():
+    cfg = load_config(overrides=TINY)
+    model = build_model(cfg)
+    keys = set(model.state_dict())
+    synced = synchronise_batchnorm(model, torch.device("cuda"))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert set(synced.state_dict()) == keys
