@@ -493,6 +493,12 @@ def handle_non_finite(cfg: Config, step: int, skips: int, optimizer, scheduler) 
     return skips
 
 
+def no_parts(cfg: Config, task: str) -> torch.Tensor:
+    """An empty batch of the task's parts: a process whose whole shard was unreadable."""
+    n = geometry_of(cfg).num_tiles if task == "spatial" else cfg.temporal.frames
+    return torch.zeros(0, n, 3, cfg.spatial.tile, cfg.spatial.tile)
+
+
 def no_buffer_sync() -> dict[str, bool]:
     """DDP keyword that stops the broadcast of buffers from rank 0 at every forward (our
     BatchNorm statistics are already global): renamed in torch 2.13."""
@@ -654,18 +660,14 @@ def train_processes(
             if cfg.train.nan_policy == "lower_lr":  # a skipped step must not leave its BN update
                 bn_before = [b.clone() for b in bn_buffers]
             fetched = {name: next(batches[name]) for name in active_tasks(cfg, step)}
-            # Readable samples of each task this step, over all processes. A task with none
-            # sits the step out; under DDP, where every process must run the same forward, a
-            # process with none at all makes every task sit the step out (rare: a whole shard
-            # unreadable; the readable samples of the others are not trained on that step).
-            readable = torch.zeros(len(fetched), batch_size + 1, dtype=torch.long)
+            # Which samples of the global batch are readable, per task, over all processes. A
+            # task with none sits the step out; a process whose own shard is all unreadable
+            # joins with an empty batch (DDP needs every process in the forward).
+            readable = torch.zeros(len(fetched), batch_size, dtype=torch.long)
             for k, b in enumerate(fetched.values()):
-                readable[k, b["rows"]] = 1  # row k: which of the global batch, then "empty"
-                readable[k, -1] = b["parts"] is None
-            readable = env.sum(readable)
-            kept = dict(zip(fetched, readable[:, :-1].sum(1).tolist(), strict=True))
-            empty = readable[:, -1] > 0
-            sits_out = empty | (env.enabled and bool(empty.any()))
+                readable[k, b["rows"]] = 1
+            readable = env.sum(readable).bool()
+            kept = dict(zip(fetched, readable.sum(1).tolist(), strict=True))
             parts, targets, losses = {}, {}, {}
             for k, (name, batch) in enumerate(fetched.items()):
                 task = tasks[name]
@@ -676,18 +678,18 @@ def train_processes(
                 if task.skips.count and not task.warned:  # one line at the first skip
                     tqdm.write(f"{task.skips.warning_line()} [{name}]", file=sys.stderr)
                     task.warned = True
-                if sits_out[k]:
+                if kept[name] == 0:
                     continue
                 # 1. Which permutation for which sample: drawn on rank 0 for the whole batch
                 #    (the sampler, later the policy, lives there), each process takes its rows.
                 stream = 3 + TASKS.index(name)
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, stream))
-                trained = readable[k, :-1].bool()
-                drawn = (task.sampler.draw(batch_size, gen, trained) if env.is_main
+                drawn = (task.sampler.draw(batch_size, gen, readable[k]) if env.is_main
                          else torch.zeros(batch_size, dtype=torch.long))
                 perm_index = env.broadcast(drawn)[batch["rows"]]
                 # 2. Shuffle (Eq. 1); the permutation index is the class.
-                parts[name] = shuffle_tiles(batch["parts"], perms[name], perm_index).to(device)
+                mine = batch["parts"] if batch["parts"] is not None else no_parts(cfg, name)
+                parts[name] = shuffle_tiles(mine, perms[name], perm_index).to(device)
                 targets[name] = perm_index.to(device)
             finite = True
             if parts:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ import torch
 
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
-from permrl.data.batches import ClipBatches, PuzzleBatches, shard_positions
+from permrl.data.batches import ClipBatches, PuzzleBatches, shard_positions, split_validation
 from permrl.data.sources import open_source
 from permrl.data.video_sources import open_video_source
 from permrl.distributed import Distributed, DistributedError, state_shards
@@ -110,6 +111,38 @@ def test_two_processes_equal_one_and_resume_on_one(tmp_path):
     again = torchrun(2, "-m", "permrl", "train", "--out", str(two), *args)
     assert again.returncode != 0
     assert again.stderr.count("permrl: error:") == 2 and "is not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_process_whose_whole_shard_is_unreadable_joins_with_an_empty_batch(tmp_path):
+    """Step 1's shard of rank 1 is made unreadable: that process trains on nothing while rank 0
+    trains on its 4 samples, which is what one process does with the 4 readable of 8."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    overrides = [o for o in OVERRIDES if not o.startswith(("tasks=", "policy=", "data.images"))]
+    overrides += [f"data.images=folder:{folder}", "tasks=[spatial]", "train.batch_size=8",
+                  "train.val_size=8", "train.steps=3"]
+    cfg = load_config(overrides=overrides)
+    source = open_source(cfg.data.images)
+    train_idx, _ = split_validation(len(source), 8, cfg.seed, "image")
+    batches = PuzzleBatches(source, train_idx, geometry_of(cfg), 8, cfg.seed, 0.0, 0.0,
+                            rank=1, world_size=2)
+    for _, item in batches.shard_items(1):
+        Path(source.describe(item)).write_bytes(b"unreadable")
+    train(cfg, tmp_path / "one", progress=False)
+    args = [a for o in overrides for a in ("--set", o)]
+    run = torchrun(2, "-m", "permrl", "train", "--out", str(tmp_path / "two"), *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_weights(load_checkpoint(tmp_path / "one/checkpoint.pt")["model"],
+                        load_checkpoint(tmp_path / "two/checkpoint.pt")["model"])
+    skipped = [json.loads(x)["skipped"] for x in (tmp_path / "two/metrics.jsonl").open()
+               if "skipped" in x]
+    assert skipped[-1] == 4
 
 
 GLOBAL_BN_SCRIPT = textwrap.dedent("""
