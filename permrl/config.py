@@ -158,9 +158,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+TASKS = ("spatial", "temporal")  # the two ordering tasks, in canonical order
+
 CHOICES = {
     "preset": tuple(PRESETS),
-    "tasks": ("spatial", "temporal"),
+    "tasks": TASKS,
     "policy": ("uniform", "reinforce"),
     "spatial.criterion": ("maxmin", "maxmean"),
     "temporal.criterion": ("maxmin", "maxmean"),

@@ -1,0 +1,200 @@
+"""The run directory of `permrl train`: what a run writes and reads back, and how it stops.
+
+RUN_DIR holds config.yaml, metrics.jsonl (mirrored to TensorBoard when installed),
+permutation_errors.npz (Fig. 6), checkpoint-<step>.pt and checkpoint.pt (permrl.checkpoint).
+Here: refusing to overwrite another run, the checks and hyperparameter changes of `--resume`,
+the two logs (truncated to the resumed step), and SIGINT/SIGTERM as a flag the loop reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from permrl.config import TASKS, Config, config_from_dict, to_dict
+from permrl.policy.state import NetworkState
+
+
+class RunError(ValueError):
+    """A user error about a run directory, a resume or the data: one line."""
+
+
+class PermutationErrors:
+    """Per-permutation validation error at every state (the paper's Fig. 6), kept compactly as
+    float16 rows in RUN_DIR/permutation_errors.npz (rewritten with each checkpoint)."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        self.rows: dict[str, list[tuple[int, np.ndarray]]] = {}
+        if enabled and resume_step is not None and path.exists():
+            with np.load(path) as f:
+                for task in TASKS:
+                    if f"{task}_steps" in f:
+                        pairs = zip(f[f"{task}_steps"], f[f"{task}_errors"], strict=True)
+                        self.rows[task] = [(int(s), e) for s, e in pairs if s <= resume_step]
+
+    def add(self, task: str, step: int, state: NetworkState) -> None:
+        """One row per (task, step): a validation that coincides with a policy state at the
+        same step (the same weights) is stored once."""
+        errors = state.per_permutation_error.cpu().numpy().astype(np.float16)
+        rows = self.rows.setdefault(task, [])
+        if rows and rows[-1][0] == step:
+            rows.pop()
+        rows.append((step, errors))
+
+    def save(self) -> None:
+        if not self.enabled:
+            return
+        arrays = {}
+        for task, rows in self.rows.items():
+            arrays[f"{task}_steps"] = np.array([s for s, _ in rows], dtype=np.int64)
+            arrays[f"{task}_errors"] = np.stack([e for _, e in rows])
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(self.path)
+
+
+def parsed_step(line: str) -> int | None:
+    """The step of a metrics line; None for a line a crash left half-written."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return None
+
+
+class MetricsLog:
+    """RUN_DIR/metrics.jsonl, one JSON object per logged event; truncated to `step` on resume.
+
+    Scalars also go to TensorBoard event files in RUN_DIR/tensorboard when the `tensorboard`
+    package is installed (optional; nothing happens without it).
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path, self.enabled, self.tensorboard = path, enabled, None
+        if not enabled:  # processes other than rank 0 log nothing
+            return
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            keep = [ln for ln in path.read_text().splitlines()
+                    if parsed_step(ln) is not None and parsed_step(ln) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"),
+                                             purge_step=None if resume_step is None
+                                             else resume_step + 1)
+        except ImportError:
+            self.tensorboard = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            prefix = f"{record['task']}/" if "task" in record else ""
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.tensorboard.add_scalar(prefix + key, value, record["step"])
+            self.tensorboard.flush()
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> Path | None:
+    """Refuse to clobber another run; return the checkpoint to resume from, if any."""
+    ckpt = run_dir / "checkpoint.pt"
+    if resume:
+        if not ckpt.exists():
+            raise RunError(f"--resume: {ckpt} does not exist")
+        return ckpt
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file, not a directory")
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise RunError(f"{run_dir} is not empty; use --resume to continue it or --force to "
+                       "overwrite")
+    if force and run_dir.exists():  # nothing of the previous run may be mistaken for this one
+        for old in [*run_dir.glob("checkpoint*.pt"), *run_dir.glob("checkpoint*.pt.sha256"),
+                    run_dir / "permutation_errors.npz", run_dir / "metrics.jsonl"]:
+            old.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write to {run_dir}: {e.strerror}") from None
+    return None
+
+
+FIXED_ON_RESUME = ("optimizer", "batch_size", "val_size")
+
+
+def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
+    def fixed(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k != "train"}
+
+    stored = ckpt["config"]["train"]
+    for key in FIXED_ON_RESUME:
+        if stored[key] != getattr(cfg.train, key):
+            raise RunError(f"--resume: train.{key} cannot change on resume ({stored[key]!r} in "
+                           f"{path}, {getattr(cfg.train, key)!r} now)")
+
+    if fixed(to_dict(config_from_dict(ckpt["config"]))) != fixed(to_dict(cfg)):
+        raise RunError(f"--resume: the config differs from the one in {path} "
+                       "(only train.* keys may change on resume)")
+
+
+def last_validation(metrics: Path) -> dict[str, float]:
+    """Each task's last held-out puzzle accuracy in metrics.jsonl."""
+    last: dict[str, float] = {}
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        for key, value in json.loads(line).items():
+            if key.endswith("_val_accuracy"):
+                last[key.removesuffix("_val_accuracy")] = value
+    return last
+
+
+def apply_changed_hyperparameters(stored: dict[str, Any], cfg: Config, optimizer,
+                                  scheduler) -> None:
+    """On resume, train.lr / momentum / weight_decay changed on the command line take effect
+    (the optimiser and schedule states come back from the checkpoint otherwise)."""
+    t = cfg.train
+    if stored["lr"] != t.lr:
+        scheduler.base_lrs = [t.lr for _ in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        if stored["momentum"] != t.momentum and "momentum" in group:
+            group["momentum"] = t.momentum
+        if stored["weight_decay"] != t.weight_decay and group["weight_decay"] > 0:
+            group["weight_decay"] = t.weight_decay
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and returns."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
