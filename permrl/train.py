@@ -538,7 +538,7 @@ def train_processes(
             # Every process takes the same decisions: skip a non-finite step, stop on a signal.
             agreed = env.sum(torch.tensor([
                 float(not finite), float(interrupted.name is not None),
-                float(sum(losses.values()).item()) if losses else 0.0], dtype=torch.float64))
+                loss.item() if parts else 0.0], dtype=torch.float64))
             if parts:
                 if agreed[0] == 0:
                     optimizer.step()
