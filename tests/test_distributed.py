@@ -110,7 +110,9 @@ def test_two_processes_equal_one_and_resume_on_one(tmp_path):
     # A user error on rank 0 is one line on every process, not a hang.
     again = torchrun(2, "-m", "permrl", "train", "--out", str(two), *args)
     assert again.returncode != 0
-    assert again.stderr.count("permrl: error:") == 2 and "is not empty" in again.stderr
+    # Rank 0's line is certain; rank 1's may be cut off when torchrun stops it after rank 0 exits.
+    assert 1 <= again.stderr.count("permrl: error:") <= 2 and "is not empty" in again.stderr
+    assert "Traceback" not in again.stderr.split("permrl: error:")[0]
 
 
 @pytest.mark.slow
