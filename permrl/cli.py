@@ -1,4 +1,5 @@
-"""Command line: `permrl train | permutations | eval knn | demo`.
+"""Command line: `permrl train | permutations | eval knn|probe|finetune | ablate | fig4 | report |
+export | demo`.
 
 A user error (bad config, missing file, unreadable source) exits with status 2 and one line on
 stderr, never a traceback.
@@ -83,6 +84,27 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     ablate(args.out, variants, args.seeds, config_file=args.config, preset=args.preset,
            overrides=args.set or [])
     print(f"table: {Path(args.out) / 'table.md'}")
+    return 0
+
+
+def cmd_fig4(args: argparse.Namespace) -> int:
+    from permrl.policy_learning import policy_learning
+
+    result = policy_learning(args.checkpoint, args.out, args.episodes, policy=args.policy,
+                             overrides=args.set or [], force=args.force)
+    for task, rows in result["tasks"].items():
+        first, last = rows[: len(rows) // 3], rows[-(len(rows) // 3):]
+        hard = [sum(r["quartile_share"][3] for r in part) / len(part) for part in (first, last)]
+        print(f"{task}: hardest quartile {hard[0]:.1f}% of the draws in the first "
+              f"{len(first)} episodes, {hard[1]:.1f}% in the last {len(last)} (uniform: 25%); "
+              f"figure {result['figures'][task]}")
+        signal = result["reward_signal"][task]
+        if signal:
+            print(f"{task}: reward {signal['reward_mean']:+.4f} +- {signal['reward_std']:.4f}; "
+                  f"draws deviate from pi by {signal['draw_fluctuation']:.4f} per group; "
+                  f"gradient t-statistics per group: mean |t| {signal['mean_abs_t']:.2f}, max "
+                  f"{signal['max_abs_t']:.2f} (no information about the groups: ~0.8)")
+    print(f"per episode: {Path(args.out) / 'fig4.json'}")
     return 0
 
 
@@ -191,11 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--preset", choices=["cpu", "paper"], default=None)
     a.add_argument("--config", help="YAML file shared by every cell")
     a.add_argument("--variants", default="S,S+P,T,T+P,S&T,S+T,S+T+P",
-                   help="comma-separated, from S,S+P,T,T+P,S&T,S+T,S+T+P")
+                   help="comma-separated, from S,S+P,T,T+P,S&T,S+T,S+T+P and the adaptive "
+                   "baselines S+exp3,S+hardness,T+exp3,T+hardness,S+T+exp3,S+T+hardness")
     a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
     a.add_argument("--out", required=True, help="ablation directory (a rerun resumes it)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="shared override")
     a.set_defaults(func=cmd_ablate)
+
+    f4 = sub.add_parser("fig4", help="Fig. 4 protocol: a fresh policy from an intermediate "
+                        "checkpoint, E episodes; quartile shares and group sizes per episode")
+    f4.add_argument("--checkpoint", required=True, help="e.g. RUN/checkpoint-00001000.pt")
+    f4.add_argument("--out", required=True, help="new run directory")
+    f4.add_argument("--episodes", type=int, default=20)
+    f4.add_argument("--policy", default="reinforce", help="reinforce | exp3 | hardness")
+    f4.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override (default: the checkpoint's config, its current lr held)")
+    f4.add_argument("--force", action="store_true", help="replace a previous --out")
+    f4.set_defaults(func=cmd_fig4)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run/ablation/demo")
     r.add_argument("path", help="RUN_DIR, ablation directory or demo directory")

@@ -113,13 +113,28 @@ class ReinforceConfig:
 
     sgd_steps: int = 100  # N: SGD iterations with the policy fixed between episodes
     episode_batches: int = 5  # K: mini-batches of actions per episode
+    episode_actions: str = "sample"  # sample: a group per sample (K x B actions) | batch: a
+    # group per episode mini-batch (K actions); policy and exp3 only
     groups: int = 10  # |C|: k-means groups of Psi = the action space
     hidden: int = 16  # policy MLP hidden units
-    lr: float = 1e-3  # Adam on the policy
-    entropy_weight: float = 0.01  # beta: entropy bonus
-    baseline_momentum: float = 0.9  # moving average of returns
+    lr: float = 1.0  # alpha of Eq. 9 (plain gradient steps on normalised advantages)
+    optimizer: str = "sgd"  # sgd (Eq. 9) | adam (permrl 0.1)
+    entropy_weight: float = 0.01  # beta: weight of the regulariser (-KL to the prior, or H)
+    advantage: str = "normalised"  # normalised: (R - b) / running spread | raw: R - b (Eq. 9)
+    prior: str = "psi"  # psi: untrained policy uniform over Psi, KL(q||pi) | groups: H (Eq. 9)
+    baseline_momentum: float = 0.9  # moving average of returns (and of their spread)
     gamma: float = 0.0  # discount; 0 credits each episode with its own reward
     horizon: int = 1  # episodes summed into a return when gamma > 0
+
+
+@dataclass
+class BanditConfig:
+    """The adaptive baselines (`policy: exp3 | hardness`); they use the policy's schedule and
+    groups (reinforce.sgd_steps, episode_batches, groups)."""
+
+    exploration: float = 0.05  # share of draws uniform over Psi (both baselines)
+    exp3_lr: float = 1.0  # eta of Exp3.S (Graves et al. 2017)
+    exp3_switch: float = 0.01  # alpha of Exp3.S: weight mass shared with the other groups
 
 
 @dataclass
@@ -127,7 +142,8 @@ class Config:
     preset: str = "cpu"
     seed: int = 0
     tasks: list[str] = field(default_factory=lambda: ["spatial"])
-    policy: str = "uniform"  # how permutations are drawn: uniform | reinforce (Sect. 3.2)
+    policy: str = "uniform"  # how permutations are drawn: uniform | reinforce (Sect. 3.2) |
+    # exp3 | hardness (adaptive baselines over the same groups, not in the paper)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
@@ -135,6 +151,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -159,11 +176,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 TASKS = ("spatial", "temporal")  # the two ordering tasks, in canonical order
+ADAPTIVE_POLICIES = ("reinforce", "exp3", "hardness")  # samplers that act on groups of Psi
 
 CHOICES = {
     "preset": tuple(PRESETS),
     "tasks": TASKS,
-    "policy": ("uniform", "reinforce"),
+    "policy": ("uniform", *ADAPTIVE_POLICIES),
+    "reinforce.optimizer": ("sgd", "adam"),
+    "reinforce.advantage": ("normalised", "raw"),
+    "reinforce.prior": ("psi", "groups"),
+    "reinforce.episode_actions": ("sample", "batch"),
     "spatial.criterion": ("maxmin", "maxmean"),
     "temporal.criterion": ("maxmin", "maxmean"),
     "train.optimizer": ("adam", "sgd"),
@@ -239,7 +261,7 @@ def _positive(cfg: Config) -> list[str]:
         "train.val_size", "train.log_every", "reinforce.sgd_steps", "train.keep_checkpoints",
         "train.nan_lr_factor", "train.nan_max_skips",
         "reinforce.episode_batches", "reinforce.groups", "reinforce.hidden", "reinforce.lr",
-        "reinforce.horizon", "train.checkpoint_every", "train.step_size",
+        "reinforce.horizon", "train.checkpoint_every", "train.step_size", "bandit.exp3_lr",
         "eval.input_size", "eval.conv1_stride",
     ]
 
@@ -305,12 +327,15 @@ def validate(cfg: Config) -> Config:
                           f"temporal.stride_max ({t.stride_max})")
     if t.crop_min > 1 or t.grey_prob > 1:
         raise ConfigError("temporal.crop_min and temporal.grey_prob must be at most 1")
+    for key in ("bandit.exploration", "bandit.exp3_switch"):
+        if not 0 <= get(cfg, key) <= 1:
+            raise ConfigError(f"{key}: must be in 0..1, got {get(cfg, key)}")
     r = cfg.reinforce
     if r.gamma > 1 or r.baseline_momentum >= 1:
         raise ConfigError("reinforce.gamma must be at most 1 and reinforce.baseline_momentum "
                           "below 1")
     for task in cfg.tasks:
-        if cfg.policy == "reinforce" and r.groups > getattr(cfg, task).permutations:
+        if cfg.policy in ADAPTIVE_POLICIES and r.groups > getattr(cfg, task).permutations:
             raise ConfigError(f"reinforce.groups: {r.groups} groups exceed the "
                               f"{getattr(cfg, task).permutations} permutations of {task}")
     if not cfg.tasks:
@@ -375,6 +400,15 @@ def load_config(
     for layer in layers:
         _merge(cfg, layer)
     cfg.preset = name
+    return validate(cfg)
+
+
+def config_with(values: dict[str, Any], overrides: list[str]) -> Config:
+    """A resolved config (e.g. a checkpoint's) with `key=value` overrides, validated."""
+    cfg = Config()
+    _merge(cfg, values)
+    for o in overrides:
+        _merge(cfg, parse_override(o))
     return validate(cfg)
 
 

@@ -57,8 +57,14 @@ from permrl.evaluate.knn import evaluate_knn
 from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead
 from permrl.models.trunk import CaffeNetBN
 from permrl.permutations import load_permutations, permutation_checksum, select_permutations
+from permrl.policy.bandits import Exp3S, Hardness
 from permrl.policy.reinforce import Reinforce
-from permrl.policy.samplers import PermutationSampler, PolicySampler, UniformSampler
+from permrl.policy.samplers import (
+    GroupLearner,
+    PermutationSampler,
+    PolicySampler,
+    UniformSampler,
+)
 from permrl.policy.state import NetworkState, compute_state
 from permrl.run_dir import (
     GracefulStop,
@@ -192,15 +198,24 @@ def prepare_task(
 
 
 def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSampler:
-    """Uniform draws, or the REINFORCE policy over groups of Psi (`policy: reinforce`)."""
+    """Uniform draws, or a learner over groups of Psi: the REINFORCE policy (`policy:
+    reinforce`, Sect. 3.2) or an adaptive baseline (`exp3`, `hardness`)."""
     if cfg.policy == "uniform":
         return UniformSampler(num_permutations)
-    r = cfg.reinforce
+    r, b = cfg.reinforce, cfg.bandit
     seed = cfg.seed * 2 + TASKS.index(task)
-    reinforce = Reinforce(r.groups, hidden=r.hidden, lr=r.lr, entropy_weight=r.entropy_weight,
-                          baseline_momentum=r.baseline_momentum, gamma=r.gamma,
-                          horizon=r.horizon, seed=seed)
-    return PolicySampler(num_permutations, reinforce, r.groups, seed)
+    learner: GroupLearner
+    if cfg.policy == "reinforce":
+        learner = Reinforce(r.groups, hidden=r.hidden, lr=r.lr, entropy_weight=r.entropy_weight,
+                            baseline_momentum=r.baseline_momentum, gamma=r.gamma,
+                            horizon=r.horizon, advantage=r.advantage, prior=r.prior,
+                            optimizer=r.optimizer, seed=seed)
+    elif cfg.policy == "exp3":
+        learner = Exp3S(r.groups, lr=b.exp3_lr, exploration=b.exploration, switch=b.exp3_switch)
+    else:  # learns nothing from rewards: its episodes draw per sample
+        learner = Hardness(r.groups, exploration=b.exploration)
+        return PolicySampler(num_permutations, learner, r.groups, seed)
+    return PolicySampler(num_permutations, learner, r.groups, seed, r.episode_actions)
 
 
 def policy_phase(cfg: Config, done: int) -> str | None:
@@ -210,7 +225,7 @@ def policy_phase(cfg: Config, done: int) -> str | None:
     "episode_start" after the N iterations (validate -> s_t, groups, s_hat), "episode_end"
     after the K (validate -> E_{t+1}, reward, policy update).
     """
-    if cfg.policy != "reinforce" or done == 0:
+    if cfg.policy == "uniform" or done == 0:
         return None
     n, k = cfg.reinforce.sgd_steps, cfg.reinforce.episode_batches
     position = done % (n + k)
@@ -346,12 +361,14 @@ def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -
 
 def train(
     cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-    progress: bool = True, stop_at: int | None = None,
+    progress: bool = True, stop_at: int | None = None, init_from: str | Path | None = None,
 ) -> RunResult:
     """Train the trunk by spatial and/or temporal ordering; see the module docstring.
 
     `stop_at` ends the run early after that step with a checkpoint, as an interruption would;
-    `resume=True` continues it to `train.steps`. Under torchrun every process calls this and
+    `resume=True` continues it to `train.steps`. `init_from`: a checkpoint whose weights and
+    optimiser state this new run starts from, at step 0 with a fresh sampler and Psi kept (the
+    Fig. 4 protocol, `permrl.policy_learning`). Under torchrun every process calls this and
     joins one process group for the run (see `permrl.distributed`).
     """
     try:
@@ -362,14 +379,14 @@ def train(
     env.start(device)
     try:
         return train_processes(cfg, Path(run_dir), env, device, resume=resume, force=force,
-                               progress=progress, stop_at=stop_at)
+                               progress=progress, stop_at=stop_at, init_from=init_from)
     finally:
         env.stop()
 
 
 def train_processes(
     cfg: Config, run_dir: Path, env: Distributed, device: torch.device, *, resume: bool,
-    force: bool, progress: bool, stop_at: int | None,
+    force: bool, progress: bool, stop_at: int | None, init_from: str | Path | None = None,
 ) -> RunResult:
     """The run itself, on this process (one of `env.world_size`); see `train`."""
     cfg = env.on_main(lambda: cfg)  # one config for all processes: rank 0's
@@ -394,7 +411,14 @@ def train_processes(
 
     # Per task: Psi, data with X_val held out, a permutation sampler.
     names = model_tasks(cfg)
-    tasks = {name: prepare_task(cfg, name, ckpt["permutations"][name] if ckpt
+    init = None
+    if init_from is not None and ckpt is None:
+        init = env.on_main(lambda: load_checkpoint(init_from))
+        if sorted(init["permutations"]) != names:
+            raise RunError(f"{init_from} has tasks {sorted(init['permutations'])}, this run "
+                           f"{names}")
+    source = ckpt or init
+    tasks = {name: prepare_task(cfg, name, source["permutations"][name] if source
                                 else build_permutations(cfg, name), env) for name in names}
     perms = {name: torch.from_numpy(t.permutations) for name, t in tasks.items()}
     if cfg.eval.knn_every:  # fail now, not after knn_every steps
@@ -409,6 +433,12 @@ def train_processes(
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model)
     start = 0
+    if init is not None:  # weights and optimiser moments; the learning rate is this config's
+        model.load_state_dict(init["model"])
+        lrs = scheduler.get_last_lr()
+        optimizer.load_state_dict(init["optimizer"])
+        for group, base, lr in zip(optimizer.param_groups, scheduler.base_lrs, lrs, strict=True):
+            group["initial_lr"], group["lr"] = base, lr
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

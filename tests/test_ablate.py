@@ -42,8 +42,16 @@ def test_ablation_table_resume_and_layout(tmp_path, monkeypatch):
         mine = [100 * c["knn"]["top1"] for c in cells if c["variant"] == row["variant"]]
         assert float(row["top1_mean"]) == pytest.approx(statistics.fmean(mine), abs=0.01)
         assert float(row["top1_std"]) == pytest.approx(statistics.stdev(mine), abs=0.01)
+        puzzle = [100 * c["puzzle_accuracy"]["spatial"] for c in cells
+                  if c["variant"] == row["variant"]]
+        assert float(row["spatial_puzzle_mean"]) == pytest.approx(statistics.fmean(puzzle),
+                                                                  abs=0.01)
+    metrics = [json.loads(line) for line in (out / "S+P/seed1/metrics.jsonl").open()]
+    final = [r["spatial_val_accuracy"] for r in metrics if "spatial_val_accuracy" in r][-1]
+    assert cells[3]["puzzle_accuracy"]["spatial"] == final  # the run's last validation
     table = (out / "table.md").read_text()
     assert "| S+P |" in table and "2 seed(s)" in table and "42 items" in table
+    assert "spatial puzzle" in table and "temporal puzzle" in table  # S&T trains both
     # A rerun skips finished cells: training is never called again.
     monkeypatch.setattr(ablate_module, "train", lambda *a, **k: pytest.fail("retrained"))
     again = ablate(out, ["S", "S+P", "S&T"], seeds=2, overrides=TINY)

@@ -81,12 +81,14 @@ def assert_same_policy(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_and_resume_on_one(tmp_path):
+@pytest.mark.parametrize("policy", ["reinforce", "exp3", "hardness"])
+def test_two_processes_equal_one_and_resume_on_one(tmp_path, policy):
     one, two = tmp_path / "one", tmp_path / "two"
-    cfg = load_config(overrides=[*OVERRIDES, "train.steps=9"])
+    overrides = [*OVERRIDES, f"policy={policy}"]
+    cfg = load_config(overrides=[*overrides, "train.steps=9"])
     train(cfg, one, progress=False)  # one process, 9 steps, checkpoints at 3, 6, 9
 
-    args = [a for o in [*OVERRIDES, "train.steps=6"] for a in ("--set", o)]
+    args = [a for o in [*overrides, "train.steps=6"] for a in ("--set", o)]
     run = torchrun(2, "-m", "permrl", "train", "--out", str(two), *args)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("trained 6 steps") == 1  # rank 0 speaks for the run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from permrl.checkpoint import load_checkpoint
@@ -54,6 +55,23 @@ def test_policy_draws_only_from_the_chosen_groups():
     assert sampler.groups.assignment[:4].tolist() == [0] * 4  # the hard rows: group 0
 
 
+def test_batch_episode_actions_draw_one_group_per_mini_batch_in_episodes_only():
+    rng = np.random.default_rng(0)
+    sampler = PolicySampler(10, Reinforce(3, seed=0), num_groups=3, seed=0,
+                            episode_actions="batch")
+    sampler.groups = group_permutations(rng.uniform(0.5, 2.0, (10, 6)), 3, seed=0)
+    sampler.s_hat = policy_input(sampler.groups, 10)
+    gen = torch.Generator().manual_seed(0)
+    phase = torch.as_tensor(sampler.groups.assignment)[sampler.draw(200, gen)]
+    assert len(set(phase.tolist())) == 3  # the SGD phase: per sample
+    sampler.begin_episode()
+    for _ in range(6):
+        perms = sampler.draw(16, gen)
+        groups = torch.as_tensor(sampler.groups.assignment)[perms]
+        assert len(set(groups.tolist())) == 1 and torch.equal(groups, sampler.episode[-1])
+    assert len({int(a[0]) for a in sampler.episode}) > 1  # a new group for each batch
+
+
 def test_unreadable_samples_earn_no_credit():
     sampler = PolicySampler(10, Reinforce(2, seed=0), num_groups=2, seed=0)
     sampler.groups = group_permutations(np.random.default_rng(0).uniform(0.5, 2, (10, 6)), 2, 0)
@@ -69,8 +87,9 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_s_plus_t_plus_p_logs_episodes_and_saves_the_policy(tmp_path):
-    cfg = tiny("tasks=[spatial, temporal]", "train.steps=9")
+@pytest.mark.parametrize("policy", ["reinforce", "exp3", "hardness"])
+def test_s_plus_t_plus_p_logs_episodes_and_saves_the_sampler(tmp_path, policy):
+    cfg = tiny("tasks=[spatial, temporal]", "train.steps=9", f"policy={policy}")
     train(cfg, tmp_path / "stp", progress=False)
     episodes = [r for r in records(tmp_path / "stp") if "episode" in r]
     assert [(r["step"], r["task"]) for r in episodes] == [
@@ -78,15 +97,17 @@ def test_s_plus_t_plus_p_logs_episodes_and_saves_the_policy(tmp_path):
         (9, "spatial"), (9, "temporal")]
     first, later = episodes[0], episodes[2]
     assert "reward" not in first  # no reward until two errors exist (SPEC 5)
-    for key in ("group_sizes", "group_medians", "policy_probs", "chosen_groups",
-                "chosen_quartiles", "error_before", "error_after", "reward", "baseline"):
+    for key in ("group_sizes", "group_medians", "group_errors", "policy_probs", "chosen_groups",
+                "chosen_quartiles", "error_before", "error_after", "reward", "sampler"):
         assert key in later, key
+    assert later["sampler"] == policy
+    assert ("baseline" in later) == (policy == "reinforce")
     assert sum(later["group_sizes"]) == 12 and sum(later["chosen_groups"]) == 8
     assert sum(later["chosen_quartiles"]) == 8 and len(later["policy_probs"]) == 3
     # Eq. 7 with the per-iteration extrapolation: validations at 2, 3, 5, 6 (N = 2, K = 1).
     assert later["reward"] == later["extrapolated_error"] - later["error_after"]
     ckpt = load_checkpoint(tmp_path / "stp/checkpoint.pt")
-    assert ckpt["sampler"]["spatial"]["kind"] == "reinforce"
+    assert ckpt["sampler"]["spatial"]["kind"] == policy
     assert ckpt["sampler"]["temporal"]["updates"] == 2
     with np.load(tmp_path / "stp/permutation_errors.npz") as f:
         # States at 2, 3, 5, 6, 8, 9; the final validation at 9 is the same weights: one row.
@@ -94,8 +115,29 @@ def test_s_plus_t_plus_p_logs_episodes_and_saves_the_policy(tmp_path):
         assert f["spatial_errors"].shape == (6, 12) and f["temporal_errors"].shape == (6, 12)
 
 
-def test_resume_in_the_middle_of_an_episode_continues_the_same_policy(tmp_path):
-    cfg = tiny("train.steps=10", "reinforce.episode_batches=2")
+def assert_same_state(a, b, where: str = "sampler") -> None:
+    """Nested dicts / lists of tensors, arrays and plain values: exactly equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    elif hasattr(a, "__dataclass_fields__"):
+        assert_same_state(vars(a), vars(b), where)
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("policy", ["reinforce", "exp3", "hardness"])
+def test_resume_in_the_middle_of_an_episode_continues_the_same_sampler(tmp_path, policy):
+    cfg = tiny("train.steps=10", "reinforce.episode_batches=2", f"policy={policy}")
     train(cfg, tmp_path / "full", progress=False)
     train(cfg, tmp_path / "split", progress=False, stop_at=7)  # inside the 2nd episode
     train(cfg, tmp_path / "split", resume=True, progress=False)
@@ -103,8 +145,16 @@ def test_resume_in_the_middle_of_an_episode_continues_the_same_policy(tmp_path):
     b = load_checkpoint(tmp_path / "split/checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     pa, pb = a["sampler"]["spatial"], b["sampler"]["spatial"]
-    assert pa["errors"] == pb["errors"] and pa["updates"] == pb["updates"] == 1
-    sa, sb = pa["reinforce"]["policy"], pb["reinforce"]["policy"]
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert pa["kind"] == policy and pa["updates"] == pb["updates"] == 1
+    assert_same_state(pa, pb)  # groups, errors, the learner's parameters and optimiser
     strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rs]  # noqa
     assert strip(records(tmp_path / "full")) == strip(records(tmp_path / "split"))
+
+
+def test_a_checkpoint_of_another_sampler_is_refused(tmp_path):
+    train(tiny("train.steps=4"), tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run/checkpoint.pt")["sampler"]["spatial"]
+    from permrl.train import make_sampler
+
+    with pytest.raises(ValueError, match="'reinforce', this run uses 'exp3'"):
+        make_sampler(tiny("policy=exp3"), "spatial", 12).load_state_dict(state)

@@ -63,13 +63,24 @@ def policy_input(groups: PermutationGroups, num_permutations: int) -> torch.Tens
     return torch.as_tensor(np.stack([sizes, groups.medians], axis=1).ravel(), dtype=torch.float32)
 
 
-def difficulty_quartiles(per_permutation_error: np.ndarray) -> np.ndarray:
+def group_errors(groups: PermutationGroups, per_permutation_error: np.ndarray) -> np.ndarray:
+    """(|C|,) mean validation error of the permutations of each group (0 for an empty slot)."""
+    errors = np.asarray(per_permutation_error, dtype=np.float64)
+    sums = np.bincount(groups.assignment, weights=errors, minlength=len(groups.sizes))
+    return np.divide(sums, groups.sizes, out=np.zeros_like(sums), where=groups.sizes > 0)
+
+
+def difficulty_quartiles(per_permutation_error: np.ndarray,
+                         mean_ratio: np.ndarray | None = None) -> np.ndarray:
     """Quartile 0..3 of each permutation by validation error, 0 = easiest (Fig. 4).
 
-    By rank, ties broken by permutation index, so each quartile holds |Psi|/4 permutations
-    (up to rounding) and uniform sampling gives 25% to each.
+    By rank, so each quartile holds |Psi|/4 permutations (up to rounding) and uniform sampling
+    gives 25% to each. Ties in error (common: 100 validation samples give 101 error levels) go
+    by the mean softmax ratio (Eq. 3), lower = harder, then by permutation index.
     """
     errors = np.asarray(per_permutation_error)
+    ratio = np.zeros(len(errors)) if mean_ratio is None else np.asarray(mean_ratio)
+    order = np.lexsort((np.arange(len(errors)), -ratio, errors))  # last key is primary
     rank = np.empty(len(errors), dtype=np.int64)
-    rank[np.argsort(errors, kind="stable")] = np.arange(len(errors))
+    rank[order] = np.arange(len(errors))
     return (4 * rank) // len(errors)

@@ -5,7 +5,8 @@ A sampler answers one question per training batch: which row of Psi goes with ea
 the learned policy of Sect. 3.2: a group of permutations is drawn from pi(. | s_hat), then a
 permutation uniformly inside it (then a random training sample: the batch itself). It also keeps
 what the policy needs between validations: the groups, s_hat, the error history and the actions
-of the running episode.
+of the running episode. The same sampler runs the adaptive baselines (`Exp3S`, `Hardness`):
+only the learner that turns s_hat into group probabilities differs.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 from permrl.policy.groups import (
     PermutationGroups,
     difficulty_quartiles,
+    group_errors,
     group_permutations,
     policy_input,
 )
-from permrl.policy.reinforce import Reinforce, extrapolated_error
+from permrl.policy.reinforce import extrapolated_error, reward
 from permrl.policy.state import NetworkState
 
 
@@ -54,21 +56,50 @@ class UniformSampler:
         self.num_permutations = int(state["num_permutations"])
 
 
+EPISODE_ACTIONS = ("sample", "batch")  # an episode's group: drawn per sample, or per mini-batch
+
+
+class GroupLearner(Protocol):
+    """What chooses among the groups: `Reinforce` (the paper), `Exp3S` or `Hardness`."""
+
+    kind: str
+
+    def probabilities(self, s_hat: torch.Tensor, mask: torch.Tensor | None,
+                      group_errors: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def update(self, s_hat: torch.Tensor, mask: torch.Tensor | None, actions: torch.Tensor,
+               reward: float) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class PolicySampler:
-    """Draws permutations from the REINFORCE policy over groups of Psi (Sect. 3.2).
+    """Draws permutations from a learner over groups of Psi: the REINFORCE policy of Sect. 3.2,
+    or one of the simple adaptive baselines of `permrl.policy.bandits`.
 
     Until the first state exists every permutation is one group and the draw is uniform.
-    `observe(iteration, state)` re-clusters Psi on the new state and fixes s_hat (the policy is
+    `episode_actions`: inside an episode, a group is drawn for every sample ("sample", SPEC's
+    reading of Sect. 3.2: K x B actions) or one group for each of the K mini-batches ("batch":
+    K actions, each a whole mini-batch; the episode's draws then deviate from pi far more, which
+    is what the reward can be credited to). The SGD phase always draws per sample.
+    `observe(iteration, state)` re-clusters Psi on the new state and fixes s_hat (the learner is
     fixed in between); `begin_episode()` / `end_episode(iteration, state)` bracket the K
     mini-batches whose actions are credited with the reward of Eq. 7.
     """
 
-    def __init__(self, num_permutations: int, reinforce: Reinforce, num_groups: int,
-                 seed: int) -> None:
-        self.num_permutations, self.reinforce = num_permutations, reinforce
+    def __init__(self, num_permutations: int, learner: GroupLearner, num_groups: int,
+                 seed: int, episode_actions: str = "sample") -> None:
+        if episode_actions not in EPISODE_ACTIONS:
+            raise ValueError(f"episode_actions must be one of {EPISODE_ACTIONS}, got "
+                             f"{episode_actions!r}")
+        self.num_permutations, self.learner = num_permutations, learner
+        self.episode_actions = episode_actions
         self.num_groups, self.seed = num_groups, seed
         self.groups: PermutationGroups | None = None
         self.s_hat: torch.Tensor | None = None
+        self.group_errors: torch.Tensor | None = None  # (|C|,) mean validation error per group
         self.errors: list[tuple[int, float]] = []  # (iteration, E) of every validation
         self.quartiles = np.zeros(num_permutations, dtype=np.int64)
         self.episode: list[torch.Tensor] | None = None  # group actions of the running episode
@@ -83,8 +114,7 @@ class PolicySampler:
     def probabilities(self) -> torch.Tensor:
         if self.s_hat is None:
             return torch.ones(1)
-        with torch.no_grad():
-            return self.reinforce.policy.distribution(self.s_hat, self.mask()).probs
+        return self.learner.probabilities(self.s_hat, self.mask(), self.group_errors)
 
     def draw(self, batch_size: int, generator: torch.Generator,
              trained: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,7 +122,10 @@ class PolicySampler:
         episode's: an unreadable sample's action earns no credit in Eq. 9."""
         if self.groups is None or self.s_hat is None:
             return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
-        actions, _ = self.reinforce.act(self.s_hat, self.mask(), batch_size, generator)
+        one_per_batch = self.episode is not None and self.episode_actions == "batch"
+        actions = torch.multinomial(self.probabilities(), 1 if one_per_batch else batch_size,
+                                    replacement=True, generator=generator)
+        actions = actions.expand(batch_size).contiguous() if one_per_batch else actions
         # A permutation uniformly inside each chosen group.
         sizes = torch.as_tensor(self.groups.sizes)[actions]
         offsets = (torch.rand(batch_size, generator=generator) * sizes).long()
@@ -110,48 +143,57 @@ class PolicySampler:
         """A new state s_t: regroup Psi (k-means, hardest first) and set s_hat (Eq. 10)."""
         self.errors.append((iteration, state.error))
         ratios = state.ratios.cpu().numpy()
+        errors = state.per_permutation_error.cpu().numpy()
         self.groups = group_permutations(ratios, self.num_groups, self.seed + len(self.errors))
         self.s_hat = policy_input(self.groups, self.num_permutations)
-        self.quartiles = difficulty_quartiles(state.per_permutation_error.cpu().numpy())
+        self.group_errors = torch.as_tensor(group_errors(self.groups, errors))
+        self.quartiles = difficulty_quartiles(errors, ratios.mean(axis=1))
 
     def begin_episode(self) -> None:
         self.episode, self.episode_perms = [], []
 
     def end_episode(self, iteration: int, state: NetworkState) -> dict[str, Any]:
-        """Reward (Eq. 7) of the finished episode, REINFORCE update (Eq. 9), then observe."""
+        """Reward (Eq. 7) of the finished episode, the learner's update (Eq. 9 for the
+        policy), then observe the new state."""
         assert self.episode is not None and self.groups is not None and self.s_hat is not None
         actions = torch.cat(self.episode)
         perms = torch.cat(self.episode_perms)
-        baseline_error = extrapolated_error(self.errors, iteration)
+        r = reward(self.errors, iteration, state.error)  # Eq. 7
         record: dict[str, Any] = {
+            "sampler": self.learner.kind,
             "group_sizes": self.groups.sizes.tolist(),
             "group_medians": [round(float(m), 5) for m in self.groups.medians],
+            "group_errors": [round(float(e), 5) for e in self.group_errors],
             "policy_probs": [round(float(p), 5) for p in self.probabilities()],
             "chosen_groups": np.bincount(actions.numpy(), minlength=self.num_groups).tolist(),
             "chosen_quartiles": np.bincount(self.quartiles[perms.numpy()],
                                             minlength=4).tolist(),
             "error_before": self.errors[-1][1],
             "error_after": state.error,
-            "extrapolated_error": baseline_error,
+            "extrapolated_error": extrapolated_error(self.errors, iteration),
         }
-        if baseline_error is not None:
-            reward = baseline_error - state.error  # Eq. 7
-            record["reward"] = reward
-            record |= self.reinforce.update(self.s_hat, self.mask(), actions, reward)
+        if r is not None:
+            record["reward"] = r
+            record |= self.learner.update(self.s_hat, self.mask(), actions, r)
             self.updates += 1
         self.episode = None
         self.observe(iteration, state)
         return record
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "reinforce", "reinforce": self.reinforce.state_dict(),
-                "groups": self.groups, "s_hat": self.s_hat, "errors": list(self.errors),
-                "quartiles": self.quartiles, "updates": self.updates,
-                "episode": self.episode, "episode_perms": self.episode_perms}
+        return {"kind": self.learner.kind, "learner": self.learner.state_dict(),
+                "groups": self.groups, "s_hat": self.s_hat, "group_errors": self.group_errors,
+                "errors": list(self.errors), "quartiles": self.quartiles,
+                "updates": self.updates, "episode": self.episode,
+                "episode_perms": self.episode_perms}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reinforce.load_state_dict(state["reinforce"])
+        if state["kind"] != self.learner.kind:
+            raise ValueError(f"sampler state is {state['kind']!r}, this run uses "
+                             f"{self.learner.kind!r}")
+        self.learner.load_state_dict(state["learner"])
         self.groups, self.s_hat = state["groups"], state["s_hat"]
+        self.group_errors = state["group_errors"]
         self.errors, self.quartiles = list(state["errors"]), state["quartiles"]
         self.updates = state["updates"]
         self.episode, self.episode_perms = state["episode"], state["episode_perms"]

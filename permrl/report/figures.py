@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 120
 TASKS = ("spatial", "temporal")
@@ -230,7 +231,8 @@ def plot_training_curves(run_dir: str | Path, out_png: str | Path) -> Path | Non
 # Fig. 4 -----------------------------------------------------------------------------------
 def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
                         task: str = "spatial") -> Path | None:
-    """Paper Fig. 4: share of chosen permutations per difficulty quartile, per episode."""
+    """Paper Fig. 4: share of chosen permutations per difficulty quartile, per episode; below,
+    the sizes of the k-means groups the policy chose among (hardest group at the bottom)."""
     episodes = [r for r in episode_records(read_metrics(run_dir), task)
                 if r.get("chosen_quartiles") and sum(r["chosen_quartiles"]) > 0]
     if not episodes:
@@ -238,7 +240,12 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
     counts = np.asarray([r["chosen_quartiles"][:4] for r in episodes], dtype=np.float64)
     shares = 100 * counts / counts.sum(axis=1, keepdims=True)
     x = np.arange(len(episodes))
-    fig, ax = plt.subplots(figsize=(max(6.5, min(14.0, 0.3 * len(x) + 4)), 4.8))
+    sized = [r for r in episodes if r.get("group_sizes")]
+    fig, axes = plt.subplots(2 if sized else 1, 1, sharex=True, squeeze=False,
+                             figsize=(max(6.5, min(14.0, 0.3 * len(x) + 4)),
+                                      7.4 if sized else 4.8),
+                             gridspec_kw={"height_ratios": (3, 2)} if sized else None)
+    ax = axes[0, 0]
     bottom = np.zeros(len(x))
     width = 0.85 if len(x) > 1 else 0.5
     for q in range(4):
@@ -249,15 +256,38 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
         ax.axhline(level, color="black", ls=":", lw=0.8, alpha=0.6)
     ax.set_xlim(x.min() - 0.6, x.max() + 0.6)
     ax.set_ylim(0, 100)
-    ax.set_xlabel("policy episode")
     ax.set_ylabel("chosen permutations (%)")
     _episode_axis(ax, episodes)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5),
               fontsize=8, title="difficulty quartile", title_fontsize=8)
+    if sized:
+        ax2 = axes[1, 0]
+        n_groups = max(len(r["group_sizes"]) for r in episodes)
+        sizes = np.zeros((len(episodes), n_groups))
+        for k, r in enumerate(episodes):
+            sizes[k, : len(r["group_sizes"])] = r["group_sizes"]
+        sizes = 100 * sizes / sizes.sum(axis=1, keepdims=True)
+        colours = plt.get_cmap("RdYlGn")(np.linspace(0.05, 0.95, n_groups))
+        bottom = np.zeros(len(x))
+        for g in range(n_groups):
+            ax2.bar(x, sizes[:, g], bottom=bottom, width=width, color=colours[g],
+                    edgecolor="white", linewidth=0.3,
+                    label="hardest group" if g == 0 else "easiest" if g == n_groups - 1
+                    else None)
+            bottom += sizes[:, g]
+        ax2.set_ylim(0, 100)
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax2.set_ylabel("group sizes (% of Psi)")
+        ax2.set_xlabel("policy episode")
+        ax2.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
+                   title="k-means groups", title_fontsize=8)
+    else:
+        ax.set_xlabel("policy episode")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _title(fig, f"Fig. 4: permutations chosen by the policy ({task}, {run_label(run_dir)})",
-           "Quartiles by per-permutation validation error at the episode's start; dotted "
-           "lines = the quartile boundaries under uniform sampling (25% each)")
+           "Quartiles by validation error at the episode's start (ties: softmax ratio); "
+           "dotted = uniform (25% each)")
     return _save(fig, out_png)
 
 

@@ -9,6 +9,7 @@ import torch
 from permrl.policy.groups import (
     PermutationGroups,
     difficulty_quartiles,
+    group_errors,
     group_permutations,
     policy_input,
 )
@@ -82,6 +83,23 @@ def test_policy_input_eq10_by_hand():
 def test_difficulty_quartiles_by_hand():
     errors = np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4])
     np.testing.assert_array_equal(difficulty_quartiles(errors), [3, 0, 2, 1, 2, 0, 3, 1])
+
+
+def test_difficulty_quartiles_ties_by_mean_ratio_then_index():
+    errors = np.array([0.5, 0.5, 0.5, 0.5, 0.0, 1.0, 1.0, 1.0])
+    ratio = np.array([1.2, 0.8, 1.0, 0.8, 1.9, 0.6, 0.7, 0.5])  # lower ratio = harder
+    # Ranks by hand: 4 (err 0); then err 0.5 by ratio 1.2 (0), 1.0 (2), 0.8 (1, 3: index);
+    # then err 1.0 by ratio 0.7 (6), 0.6 (5), 0.5 (7).
+    rank = {4: 0, 0: 1, 2: 2, 1: 3, 3: 4, 6: 5, 5: 6, 7: 7}
+    expected = [4 * rank[i] // 8 for i in range(8)]
+    np.testing.assert_array_equal(difficulty_quartiles(errors, ratio), expected)
+
+
+def test_group_errors_by_hand():
+    groups = PermutationGroups(assignment=np.array([1, 0, 1, 1, 0]), sizes=np.array([2, 3, 0]),
+                               medians=np.zeros(3))
+    errors = np.array([0.2, 0.5, 0.4, 0.9, 0.1])
+    np.testing.assert_allclose(group_errors(groups, errors), [0.3, 0.5, 0.0])
 
 
 def test_difficulty_quartiles_ties_by_index():

@@ -34,11 +34,20 @@ def test_reward_by_hand():
 
 
 S_HAT = torch.tensor([0.1, 0.6, 0.3, 0.9, 0.2, 1.1, 0.4, 1.7])  # a fixed s_hat, |C| = 4
+Q = torch.tensor([0.1, 0.3, 0.2, 0.4])  # its group shares |c_j| / |Psi|
+
+
+def test_untrained_policy_draws_uniformly_over_psi():
+    # prior="psi": pi_j = |c_j| / |Psi| up to the small init; prior="groups": not so.
+    psi = Reinforce(4, seed=0).probabilities(S_HAT, None)
+    assert torch.allclose(psi, Q, atol=0.01)
+    groups = Reinforce(4, prior="groups", seed=0).probabilities(S_HAT, None)
+    assert not torch.allclose(groups, Q, atol=0.05)
 
 
 def test_policy_learns_the_rewarded_group():
     # Reward = share of actions equal to group 2: E[r] = pi(2), maximal at pi = one-hot(2).
-    agent = Reinforce(4, lr=0.05, entropy_weight=0.01, seed=0)
+    agent = Reinforce(4, lr=0.05, entropy_weight=0.01, optimizer="adam", seed=0)
     gen = torch.Generator().manual_seed(0)
     _, before = agent.act(S_HAT, None, 1, gen)
     for _ in range(200):
@@ -49,8 +58,11 @@ def test_policy_learns_the_rewarded_group():
     assert probs[2].item() > 0.9 > before[2].item()
 
 
-def test_entropy_bonus_alone_moves_towards_uniform():
-    agent = Reinforce(4, lr=0.05, entropy_weight=1.0, seed=0)
+@pytest.mark.parametrize(("prior", "target"), [("groups", torch.full((4,), 0.25)), ("psi", Q)])
+def test_regulariser_alone_moves_towards_its_prior(prior, target):
+    # prior="groups": the entropy bonus of Eq. 9 (max at uniform over groups);
+    # prior="psi": -KL(q || pi) (max at q, uniform over Psi).
+    agent = Reinforce(4, lr=0.05, entropy_weight=1.0, prior=prior, optimizer="adam", seed=0)
     with torch.no_grad():
         agent.policy.net[-1].bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))
     gen = torch.Generator().manual_seed(0)
@@ -62,7 +74,52 @@ def test_entropy_bonus_alone_moves_towards_uniform():
         entropies.append(stats["entropy"])
     _, probs = agent.act(S_HAT, None, 1, gen)
     assert entropies[0] < 1.0  # skewed start
-    assert torch.allclose(probs, torch.full((4,), 0.25), atol=0.01)  # max entropy: uniform
+    assert torch.allclose(probs, target, atol=0.01)
+
+
+def best_group_after(overrides: list[str], seed: int, noise: float) -> tuple[float, float]:
+    """The realistic regime of a `cpu` run (3000 steps): the learner of `make_sampler` with
+    the preset's own values, K x B = 320 actions per episode, ~28 updates, k-means-like unequal
+    groups; reward 0.01 x (share of the best group - its start share) + Gaussian noise, i.e.
+    ~1e-2 for a policy committed to it, +-2e-4 from the draw's own fluctuation."""
+    from permrl.config import load_config
+    from permrl.train import make_sampler
+
+    cfg = load_config(overrides=[f"seed={seed}", *overrides])
+    agent = make_sampler(cfg, "spatial", 100).learner
+    r = cfg.reinforce
+    sizes = torch.tensor([40, 14, 10, 9, 8, 6, 5, 4, 2, 2], dtype=torch.float32)
+    assert len(sizes) == r.groups
+    s_hat = torch.stack([sizes / sizes.sum(), torch.linspace(0.7, 1.6, 10)], 1).ravel()
+    updates = 3000 // (r.sgd_steps + r.episode_batches)
+    count = r.episode_batches * cfg.train.batch_size
+    best = 2
+    gen, noise_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(99 + seed)
+    start = agent.probabilities(s_hat, None)[best].item()
+    for _ in range(updates):
+        actions = torch.multinomial(agent.probabilities(s_hat, None), count, True, generator=gen)
+        share = (actions == best).float().mean().item()
+        reward = 0.01 * (share - start) + noise * torch.randn(1, generator=noise_gen).item()
+        agent.update(s_hat, None, actions, reward)
+    return start, agent.probabilities(s_hat, None)[best].item()
+
+
+@pytest.mark.parametrize("noise", [1e-4, 2e-4])
+@pytest.mark.parametrize("policy", ["reinforce", "exp3"])
+def test_learners_learn_at_the_reward_scale_of_a_real_run(policy, noise):
+    results = [best_group_after([f"policy={policy}"], seed, noise) for seed in range(7)]
+    starts, ends = zip(*results, strict=True)
+    assert max(abs(s - 0.1) for s in starts) < 0.01  # untrained: uniform over Psi (10 of 100)
+    assert sorted(ends)[3] >= 2 * 0.1  # the median over seeds at least doubles
+
+
+def test_the_defaults_of_permrl_0_1_do_not_learn_there():
+    # Adam lr 1e-3, entropy bonus over groups, raw advantages: the entropy term outweighs a
+    # reward of this size and the best group stays at ~0.1.
+    old = ["policy=reinforce", "reinforce.optimizer=adam", "reinforce.lr=1e-3",
+           "reinforce.advantage=raw", "reinforce.prior=groups"]
+    ends = [best_group_after(old, seed, 2e-4)[1] for seed in range(7)]
+    assert sorted(ends)[3] < 0.15
 
 
 def test_masked_groups_are_never_sampled():
@@ -98,7 +155,8 @@ def expected_loss(policy: Policy, s_hat, mask, actions, advantage: float, beta: 
 
 
 def test_gamma_zero_update_stats_by_hand():
-    agent = Reinforce(4, lr=0.01, entropy_weight=0.1, baseline_momentum=0.9, seed=2)
+    agent = Reinforce(4, lr=0.01, entropy_weight=0.1, baseline_momentum=0.9, advantage="raw",
+                      prior="groups", seed=2)
     gen = torch.Generator().manual_seed(1)
     b = None
     for r in (0.2, -0.1, 0.4):
@@ -115,7 +173,7 @@ def test_gamma_zero_update_stats_by_hand():
 
 
 def test_gamma_waits_for_the_horizon_and_discounts():
-    agent = Reinforce(4, lr=0.01, gamma=0.5, horizon=3, seed=3)
+    agent = Reinforce(4, lr=0.01, gamma=0.5, horizon=3, advantage="raw", prior="groups", seed=3)
     gen = torch.Generator().manual_seed(2)
     rewards = [0.1, -0.2, 0.4, 0.3, 0.0]
     returns = [0.1 - 0.5 * 0.2 + 0.25 * 0.4, -0.2 + 0.5 * 0.4 + 0.25 * 0.3,

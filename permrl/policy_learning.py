@@ -1,0 +1,122 @@
+"""The paper's Fig. 4 protocol: does a freshly initialised policy learn, from a half-trained CNN?
+
+Sect. 4.3: "we initialize the policy network randomly and the CNN model from an intermediate
+checkpoint (average validation error 72.3%). Per episode, the permutations are divided in four
+complexities (based on the validation error) and the relative count of permutations selected by
+the policy is shown per complexity."
+
+`policy_learning` continues training from a checkpoint's weights and optimiser state (Psi kept)
+with a fresh sampler (`policy: reinforce`, or an adaptive baseline) for E cycles of the policy's
+schedule (N SGD steps, then an episode of K mini-batches), at a constant learning rate: the
+checkpoint's current one (its base rate if that is 0) unless `train.lr` is set. Per episode it
+records the share of chosen permutations per difficulty quartile (by validation error at the
+episode's start, ties by mean softmax ratio) and the sizes of the k-means groups. Writes a
+normal run directory plus `fig4_<task>.png` and `fig4.json` (per episode: quartile shares,
+group sizes, probabilities, reward).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from permrl.checkpoint import load_checkpoint
+from permrl.config import ADAPTIVE_POLICIES, Config, ConfigError, config_with
+from permrl.train import RunError, train
+
+
+def probe_config(ckpt: dict[str, Any], episodes: int, policy: str,
+                 overrides: list[str]) -> Config:
+    """The checkpoint's config, with the policy, E cycles of steps and a constant rate."""
+    if episodes < 2:
+        raise ConfigError(f"--episodes: at least 2 (the first episode earns no reward), got "
+                          f"{episodes}")
+    if policy not in ADAPTIVE_POLICIES:
+        raise ConfigError(f"--policy: {policy!r} is not one of {', '.join(ADAPTIVE_POLICIES)}")
+    first = config_with(ckpt["config"], [f"policy={policy}", *overrides])
+    lr = ckpt["scheduler"]["_last_lr"][0]
+    if lr <= 0:  # the last step of a cosine schedule: its base rate instead
+        lr = first.train.lr
+        print(f"permrl: the checkpoint's learning rate is 0 (end of its schedule); using "
+              f"train.lr={lr}", file=sys.stderr)
+    cycle = first.reinforce.sgd_steps + first.reinforce.episode_batches
+    fixed = [f"policy={policy}", f"train.steps={episodes * cycle}", "train.schedule=constant",
+             "train.warmup_steps=0", f"train.lr={lr}", "train.serial_switch=0"]
+    return config_with(ckpt["config"], fixed + list(overrides))
+
+
+def quartile_summary(records: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """Per episode of `task`: quartile shares (%, easiest first), group sizes, probabilities."""
+    out = []
+    for r in (r for r in records if r.get("task") == task and "chosen_quartiles" in r):
+        total = max(sum(r["chosen_quartiles"]), 1)
+        out.append({"episode": r["episode"], "step": r["step"],
+                    "quartile_share": [round(100 * c / total, 2) for c in r["chosen_quartiles"]],
+                    "group_sizes": r["group_sizes"], "policy_probs": r["policy_probs"],
+                    "error_before": r["error_before"], "reward": r.get("reward")})
+    return out
+
+
+def reward_signal(records: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
+    """How much the episodes' rewards say about the groups, from a run's episode records.
+
+    The only learning signal of Eq. 9 is how the draws of an episode deviate from pi: per
+    group j, g_tj = (r_t - mean r) * (f_tj - pi_tj), f_tj the share of the episode's draws in
+    group j (the policy-gradient of the logit of j, with the mean reward as baseline). Over T
+    episodes, t_j = mean_t g_tj / (std_t g_tj / sqrt T): |t_j| ~ 0.8 on average when the rewards
+    carry no information about the groups, larger when they do. Also the rewards' spread and
+    the draws' own fluctuation (f - pi).
+    """
+    import numpy as np
+
+    rows = [r for r in records if r.get("task") == task and r.get("reward") is not None
+            and r.get("chosen_groups") and r.get("policy_probs")]
+    if len(rows) < 3:
+        return None
+    rewards = np.array([r["reward"] for r in rows])
+    width = min(len(r["policy_probs"]) for r in rows)
+    counts = np.array([r["chosen_groups"][:width] for r in rows], dtype=np.float64)
+    share = counts / counts.sum(axis=1, keepdims=True)
+    deviation = share - np.array([r["policy_probs"][:width] for r in rows])
+    g = (rewards - rewards.mean())[:, None] * deviation
+    spread = g.std(axis=0, ddof=1)
+    t = np.divide(g.mean(axis=0) * np.sqrt(len(rows)), spread, out=np.zeros(width),
+                  where=spread > 0)
+    return {"episodes": len(rows), "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(ddof=1)),
+            "draw_fluctuation": float(np.abs(deviation).mean()),
+            "t_per_group": [round(float(v), 2) for v in t],
+            "mean_abs_t": float(np.abs(t).mean()), "max_abs_t": float(np.abs(t).max())}
+
+
+def policy_learning(checkpoint: str | Path, out: str | Path, episodes: int, *,
+                    policy: str = "reinforce", overrides: list[str] = (), force: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
+    """Run the Fig. 4 protocol; returns what `fig4.json` holds."""
+    from permrl.report.figures import plot_fig4_quartiles, read_metrics
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = probe_config(ckpt, episodes, policy, list(overrides))
+    out = Path(out)
+    result = train(cfg, out, force=force, progress=progress, init_from=checkpoint)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    records = read_metrics(out)
+    summary: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "checkpoint_step": ckpt["step"], "policy": policy,
+        "episodes": episodes, "lr": cfg.train.lr, "steps": cfg.train.steps,
+        "tasks": {}, "figures": {}}
+    for task in cfg.tasks:
+        rows = quartile_summary(records, task)
+        if not rows:
+            raise RunError(f"no episode of {task} was recorded in {out}")
+        summary["tasks"][task] = rows
+        summary.setdefault("reward_signal", {})[task] = reward_signal(records, task)
+        png = plot_fig4_quartiles(out, out / f"fig4_{task}.png", task)
+        summary["figures"][task] = str(png)
+    tmp = out / "fig4.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out / "fig4.json")
+    return summary

@@ -1,0 +1,81 @@
+"""The Fig. 4 protocol: a fresh policy on a half-trained CNN (`permrl fig4`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from permrl.checkpoint import load_checkpoint
+from permrl.cli import main
+from permrl.config import ConfigError, load_config
+from permrl.policy_learning import probe_config
+from permrl.train import train
+
+TINY = [
+    "data.images=dead-leaves?count=40&size=80", "data.workers=0",
+    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.2",
+    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
+    "train.batch_size=8", "train.val_size=4", "train.warmup_steps=2", "train.log_every=1",
+    "train.val_every=0", "train.threads=1", "reinforce.sgd_steps=2",
+    "reinforce.episode_batches=1", "reinforce.groups=3", "train.steps=6",
+]
+
+
+@pytest.fixture(scope="module")
+def half_trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("uniform")
+    train(load_config(overrides=[*TINY, "train.checkpoint_every=4"]), run, progress=False)
+    return run / "checkpoint-00000004.pt"  # S, uniform, cosine schedule: mid-schedule
+
+
+def test_probe_config_holds_the_checkpoints_rate_for_e_cycles(half_trained):
+    ckpt = load_checkpoint(half_trained)
+    cfg = probe_config(ckpt, 4, "exp3", ["reinforce.sgd_steps=3"])
+    assert cfg.policy == "exp3" and cfg.train.steps == 4 * (3 + 1)
+    assert cfg.train.schedule == "constant" and cfg.train.warmup_steps == 0
+    assert 0 < cfg.train.lr == ckpt["scheduler"]["_last_lr"][0] < 1e-3
+    assert probe_config(ckpt, 4, "reinforce", ["train.lr=0.5"]).train.lr == 0.5  # user wins
+    final = load_checkpoint(half_trained.parent / "checkpoint.pt")  # cosine's end: lr 0
+    assert final["scheduler"]["_last_lr"][0] == 0
+    assert probe_config(final, 4, "reinforce", []).train.lr == final["config"]["train"]["lr"]
+    with pytest.raises(ConfigError, match="--episodes"):
+        probe_config(ckpt, 1, "reinforce", [])
+    with pytest.raises(ConfigError, match="--policy"):
+        probe_config(ckpt, 3, "uniform", [])
+
+
+def test_init_from_starts_at_the_checkpoints_weights_with_a_fresh_sampler(half_trained,
+                                                                         tmp_path):
+    # A rate of 1e-30 leaves every float32 weight as it was: the new run's weights are the
+    # checkpoint's exactly; its step counter and sampler start afresh.
+    cfg = load_config(overrides=[*TINY, "policy=reinforce", "train.lr=1e-30",
+                                 "train.schedule=constant", "train.warmup_steps=0"])
+    train(cfg, tmp_path / "probe", progress=False, init_from=half_trained)
+    before, after = load_checkpoint(half_trained), load_checkpoint(tmp_path / "probe/checkpoint.pt")
+    assert after["step"] == 6
+    for name, p in before["model"].items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(p, after["model"][name]), name
+    assert after["sampler"]["spatial"]["kind"] == "reinforce"
+    assert after["sampler"]["spatial"]["updates"] == 1  # episodes at 3 (no reward) and 6
+    assert (after["permutations"]["spatial"] == before["permutations"]["spatial"]).all()
+
+
+def test_fig4_command_writes_quartiles_group_sizes_and_the_figure(half_trained, tmp_path,
+                                                                 capsys):
+    out = tmp_path / "fig4"
+    assert main(["fig4", "--checkpoint", str(half_trained), "--out", str(out),
+                 "--episodes", "3"]) == 0
+    assert "hardest quartile" in capsys.readouterr().out
+    result = json.loads((out / "fig4.json").read_text())
+    rows = result["tasks"]["spatial"]
+    assert [r["step"] for r in rows] == [3, 6, 9]
+    for r in rows:
+        assert sum(r["quartile_share"]) == pytest.approx(100.0)
+        assert sum(r["group_sizes"]) == 12 and len(r["policy_probs"]) == 3
+    assert rows[0]["reward"] is None and rows[1]["reward"] is not None
+    assert (out / "fig4_spatial.png").stat().st_size > 0
+    assert main(["fig4", "--checkpoint", str(tmp_path / "missing.pt"), "--out",
+                 str(tmp_path / "x"), "--episodes", "3"]) == 2
