@@ -445,7 +445,11 @@ def train_processes(
         scheduler.load_state_dict(ckpt["scheduler"])
         apply_changed_hyperparameters(ckpt["config"]["train"], cfg, optimizer, scheduler)
         for name, t in tasks.items():
-            t.sampler.load_state_dict(ckpt["sampler"][name])
+            try:
+                t.sampler.load_state_dict(ckpt["sampler"][name])
+            except (KeyError, ValueError) as e:  # another sampler, or permrl 0.1's policy
+                raise RunError(f"--resume: the {name} sampler state in {resume_from} does not "
+                               f"fit this run ({type(e).__name__}: {e}); start a new run") from None
         start = ckpt["step"]
     if env.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))

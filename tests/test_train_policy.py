@@ -158,3 +158,17 @@ def test_a_checkpoint_of_another_sampler_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="'reinforce', this run uses 'exp3'"):
         make_sampler(tiny("policy=exp3"), "spatial", 12).load_state_dict(state)
+
+
+def test_resuming_a_permrl_0_1_policy_state_is_one_clear_error(tmp_path):
+    from permrl.checkpoint import save_checkpoint
+    from permrl.run_dir import RunError
+
+    cfg = tiny("train.steps=6")
+    train(cfg, tmp_path / "run", progress=False, stop_at=4)
+    ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
+    state = ckpt["sampler"]["spatial"]
+    state["reinforce"] = state.pop("learner")  # the 0.1 layout
+    save_checkpoint(ckpt, tmp_path / "run", 4, keep=3)
+    with pytest.raises(RunError, match="spatial sampler state .* does not fit this run"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)

@@ -172,6 +172,28 @@ def test_gamma_zero_update_stats_by_hand():
         assert agent.baseline == pytest.approx(b)
 
 
+def test_normalised_advantages_and_kl_loss_by_hand():
+    agent = Reinforce(4, lr=0.5, entropy_weight=0.1, baseline_momentum=0.9, seed=5)
+    gen = torch.Generator().manual_seed(4)
+    # Returns 0.002, -0.001, 0.004; b starts at 0; sigma^2 includes the current deviation.
+    # t0: dev 0.002, s2 4e-6 -> A = 1; b = 0.002
+    # t1: dev -0.003, s2 = 0.9 * 4e-6 + 0.1 * 9e-6 = 4.5e-6 -> A = -0.003 / sqrt(4.5e-6)
+    # t2: b = 0.0017, dev 0.0023, s2 = 0.9 * 4.5e-6 + 0.1 * 0.0023^2 -> A = 0.0023 / sqrt(s2)
+    s2 = 0.9 * 4.5e-6 + 0.1 * 0.0023**2
+    expected = [1.0, -0.003 / math.sqrt(4.5e-6), 0.0023 / math.sqrt(s2)]
+    for r, adv in zip((0.002, -0.001, 0.004), expected, strict=True):
+        actions, _ = agent.act(S_HAT, None, 6, gen)
+        before = copy.deepcopy(agent.policy)
+        stats = agent.update(S_HAT, None, actions, r)
+        assert stats["advantage"] == pytest.approx(adv, rel=1e-9)
+        with torch.no_grad():  # -A mean log pi(a) + beta KL(q || pi), pi with the prior
+            logp = torch.log_softmax(before.net(S_HAT) + torch.log(Q), 0)
+            kl = (Q * (torch.log(Q) - logp)).sum()
+            loss = -adv * logp[actions].mean() + 0.1 * kl
+        assert stats["loss"] == pytest.approx(loss.item(), abs=1e-6)
+        assert stats["kl_to_prior"] == pytest.approx(kl.item(), abs=1e-6)  # float32
+
+
 def test_gamma_waits_for_the_horizon_and_discounts():
     agent = Reinforce(4, lr=0.01, gamma=0.5, horizon=3, advantage="raw", prior="groups", seed=3)
     gen = torch.Generator().manual_seed(2)
