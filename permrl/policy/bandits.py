@@ -34,10 +34,7 @@ def _mix(p: Tensor, q: Tensor, exploration: float) -> Tensor:
 
 
 def _masked_prior(s_hat: Tensor, mask: Tensor | None) -> Tensor:
-    q = group_prior(torch.as_tensor(s_hat, dtype=torch.float64))
-    if mask is not None:
-        q = q * torch.as_tensor(mask, dtype=torch.float64)
-    return q / q.sum()
+    return group_prior(torch.as_tensor(s_hat, dtype=torch.float64), mask)
 
 
 class Exp3S:

@@ -65,9 +65,11 @@ def _entropy(probs: Tensor, logp: Tensor) -> Tensor:
     return -(probs * logp.masked_fill(probs == 0, 0.0)).sum(-1)
 
 
-def group_prior(s_hat: Tensor) -> Tensor:
-    """q_j = |c_j| / |Psi|, read from s_hat (Eq. 10): the group shares of uniform draws over Psi."""
-    return s_hat[0::2] / s_hat[0::2].sum()
+def group_prior(s_hat: Tensor, mask: Tensor | None = None) -> Tensor:
+    """q_j = |c_j| / |Psi|, read from s_hat (Eq. 10): the group shares of uniform draws over Psi,
+    renormalised over the groups `mask` allows (all by default)."""
+    sizes = s_hat[0::2] if mask is None else s_hat[0::2] * torch.as_tensor(mask, dtype=s_hat.dtype)
+    return sizes / sizes.sum()
 
 
 INIT_SCALE = 0.01  # output layer of an untrained policy: logits within ~1e-2 of the prior
@@ -230,9 +232,7 @@ class Reinforce:
             regulariser = entropy
             kl = None
         else:  # -KL(q || pi), q = uniform over Psi seen through the groups
-            q = group_prior(episode["s_hat"])
-            if episode["mask"] is not None:  # q renormalised over the groups that can be drawn
-                q = q * episode["mask"] / (q * episode["mask"]).sum()
+            q = group_prior(episode["s_hat"], episode["mask"])  # over the groups drawn from
             ok = q > 0
             kl = (q[ok] * (torch.log(q[ok]) - logp[ok])).sum()
             regulariser = -kl
