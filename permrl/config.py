@@ -65,6 +65,8 @@ class SpatialConfig(PermutationConfig):
 @dataclass
 class TemporalConfig(PermutationConfig):
     frames: int = 6  # u: frames per clip, shuffled by a permutation of Psi_T
+    frame_size: int = 32  # px: each frame is cropped and resized to this square size
+    exclude_reversals: bool = True  # Psi_T never holds both psi and its reversal u-1-psi
     stride_min: int = 1  # frames are taken every `stride` frames, stride drawn in min..max
     stride_max: int = 4
     crop_min: float = 0.6  # one random square crop per clip: side in crop_min..1 of the frame
@@ -82,7 +84,8 @@ class TrainConfig:
     schedule: str = "cosine"  # constant | cosine | step
     warmup_steps: int = 100
     step_size: int = 100_000  # for schedule=step: lr x0.1 every step_size steps
-    val_size: int = 100  # |X_val|: held-out images, excluded from training
+    val_size: int = 0  # |X_val|: held-out items per task, excluded from training; 0 = 10 %
+    # of the source, at most 100, at least 4 (data.batches.validation_size)
     val_every: int = 500  # held-out puzzle accuracy every N steps (0 = only at the end)
     serial_switch: int = 0  # S&T: spatial alone until this step, then temporal (0 = S+T)
     log_every: int = 20
@@ -163,7 +166,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"width": 1.0, "conv1_stride": 2, "fc6": 512, "fc7": 4096, "lstm": 1024,
                   "dropout": 0.5},
         "spatial": {"cell": 75, "tile": 64, "permutations": 1000},
-        "temporal": {"frames": 8, "permutations": 1000},
+        "temporal": {"frames": 8, "frame_size": 64, "permutations": 1000},
         "train": {
             "optimizer": "sgd", "lr": 0.01, "batch_size": 256, "schedule": "step",
             "step_size": 62_500, "steps": 350_000, "warmup_steps": 0,
@@ -256,9 +259,10 @@ def _positive(cfg: Config) -> list[str]:
     return [
         "model.conv1_stride", "model.fc6", "model.fc7", "model.lstm", "spatial.grid",
         "spatial.cell", "spatial.tile", "spatial.permutations", "temporal.frames",
+        "temporal.frame_size",
         "temporal.permutations", "temporal.stride_min", "temporal.stride_max",
         "temporal.crop_min", "data.decode_threads", "train.steps", "train.batch_size",
-        "train.val_size", "train.log_every", "reinforce.sgd_steps", "train.keep_checkpoints",
+        "train.log_every", "reinforce.sgd_steps", "train.keep_checkpoints",
         "train.nan_lr_factor", "train.nan_max_skips",
         "reinforce.episode_batches", "reinforce.groups", "reinforce.hidden", "reinforce.lr",
         "reinforce.horizon", "train.checkpoint_every", "train.step_size", "bandit.exp3_lr",
@@ -276,7 +280,8 @@ def validate(cfg: Config) -> Config:
     for key in _positive(cfg):
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
-    for key in ("data.workers", "train.warmup_steps", "train.val_every", "train.threads",
+    for key in ("data.workers", "train.val_size", "train.warmup_steps", "train.val_every",
+                "train.threads",
                 "train.serial_switch", "eval.knn_every", "reinforce.entropy_weight",
                 "reinforce.gamma",
                 "reinforce.baseline_momentum", "temporal.grey_prob", "temporal.colour_jitter",
@@ -311,6 +316,8 @@ def validate(cfg: Config) -> Config:
         )
     for key, size, stride_key, stride in (
         ("spatial.tile", s.tile, "model.conv1_stride", cfg.model.conv1_stride),
+        ("temporal.frame_size", cfg.temporal.frame_size, "model.conv1_stride",
+         cfg.model.conv1_stride),
         ("eval.input_size", cfg.eval.input_size, "eval.conv1_stride", cfg.eval.conv1_stride),
     ):
         if block_size(size, stride) < 1:
@@ -319,9 +326,11 @@ def validate(cfg: Config) -> Config:
     t = cfg.temporal
     if t.frames < 2:
         raise ConfigError(f"temporal.frames: at least 2 frames are needed, got {t.frames}")
-    if t.permutations > math.factorial(t.frames):
-        raise ConfigError(f"temporal.permutations: {t.permutations} exceeds the "
-                          f"{math.factorial(t.frames)} permutations of {t.frames} frames")
+    t_max = math.factorial(t.frames) // (2 if t.exclude_reversals else 1)
+    if t.permutations > t_max:
+        twins = " without reversal twins (temporal.exclude_reversals)" * t.exclude_reversals
+        raise ConfigError(f"temporal.permutations: {t.permutations} exceeds the {t_max} "
+                          f"permutations of {t.frames} frames{twins}")
     if t.stride_min > t.stride_max:
         raise ConfigError(f"temporal.stride_min ({t.stride_min}) is larger than "
                           f"temporal.stride_max ({t.stride_max})")

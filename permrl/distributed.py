@@ -176,8 +176,8 @@ def sharded_state(
                           sample_chunk=sample_chunk)
     counts = [len(s) for s in shards]
     ratios = env.gather_columns(local.ratios, counts)
-    correct = env.gather_columns(local.correct.to(torch.uint8), counts).bool()
-    return NetworkState.from_matrices(ratios, correct)
+    predicted = env.gather_columns(local.predicted, counts)
+    return NetworkState.from_matrices(ratios, predicted)
 
 
 class AllReduceSum(torch.autograd.Function):

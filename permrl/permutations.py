@@ -28,6 +28,7 @@ __all__ = [
     "invert_permutation",
     "load_permutations",
     "permutation_checksum",
+    "reversal_twins",
     "save_permutations",
     "select_permutations",
     "validate_permutations",
@@ -100,6 +101,7 @@ def select_permutations(
     criterion: str = "maxmin",
     include_identity: bool = False,
     pool_size: int = 200_000,
+    exclude_reversals: bool = False,
 ) -> np.ndarray:
     """Greedily choose ``count`` distinct permutations of ``0..size-1``, far apart in Hamming.
 
@@ -108,6 +110,8 @@ def select_permutations(
     chosen ones; ties go to the lowest candidate index. Candidates are all ``size!``
     permutations (lexicographic) for ``size <= 10``, else a seeded random pool of ``pool_size``
     distinct permutations. A running min/sum keeps the cost at O(count * candidates * size).
+    ``exclude_reversals``: once a permutation is chosen its reversal twin ``size - 1 - psi``
+    (``reversal_twins``) is never chosen; then at most ``size! / 2`` can be chosen.
     Returns an int64 array ``(count, size)``.
     """
     if criterion not in CRITERIA:
@@ -122,6 +126,11 @@ def select_permutations(
     if count > n_fact:
         raise ValueError(
             f"cannot choose {count} distinct permutations of size {size}: only {size}! = {n_fact}"
+        )
+    if exclude_reversals and count > n_fact // 2:
+        raise ValueError(
+            f"cannot choose {count} permutations of size {size} without reversal twins: "
+            f"only {size}!/2 = {n_fact // 2}"
         )
 
     rng = np.random.default_rng(seed)
@@ -143,6 +152,7 @@ def select_permutations(
 
     cols = np.ascontiguousarray(cands.T)  # (size, N): one contiguous row per position
     n_cands = cols.shape[1]
+    twin_of = _candidate_twins(cands, size <= MAX_ENUMERATED_SIZE) if exclude_reversals else None
     dist = np.empty(n_cands, dtype=np.uint8)
     mismatch = np.empty(n_cands, dtype=np.bool_)
     if criterion == "maxmin":
@@ -168,8 +178,34 @@ def select_permutations(
         else:
             score += dist
             score[idx] = chosen_score
+        if twin_of is not None and twin_of[idx] >= 0:  # the twin is out for good as well
+            score[twin_of[idx]] = 0 if criterion == "maxmin" else chosen_score
         idx = int(np.argmax(score))  # first maximum: lowest candidate index wins ties
     return cands[chosen].astype(np.int64)
+
+
+def _candidate_twins(cands: np.ndarray, enumerated: bool) -> np.ndarray:
+    """Index of each candidate's reversal twin among `cands`, -1 when it is not a candidate.
+
+    Replacing every entry v by n - 1 - v reverses the lexicographic order, so among all n!
+    (enumerated) candidates the twin of index i is n! - 1 - i; a pool is searched by value.
+    """
+    if enumerated:
+        return np.arange(len(cands) - 1, -1, -1, dtype=np.int64)
+    return reversal_twins(cands)
+
+
+def reversal_twins(perms: Any) -> np.ndarray:
+    """(P,) index in `perms` (P, u) of each row's reversal twin u - 1 - psi, -1 when absent.
+
+    Shuffling a clip played backwards by psi gives the same frames as shuffling the clip by
+    u - 1 - psi (Eq. 1: position k shows frame u - 1 - psi_k). When the motion in a clip could
+    run either way (a pan, a swing), psi and its twin cannot be told apart.
+    """
+    arr = np.ascontiguousarray(np.asarray(perms, dtype=np.int64))
+    index = {row.tobytes(): i for i, row in enumerate(arr)}
+    twins = np.ascontiguousarray(arr.shape[1] - 1 - arr)
+    return np.array([index.get(row.tobytes(), -1) for row in twins], dtype=np.int64)
 
 
 def _lexicographic_rank(perm: np.ndarray) -> int:

@@ -56,7 +56,12 @@ from permrl.distributed import (
 from permrl.evaluate.knn import evaluate_knn
 from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead
 from permrl.models.trunk import CaffeNetBN
-from permrl.permutations import load_permutations, permutation_checksum, select_permutations
+from permrl.permutations import (
+    load_permutations,
+    permutation_checksum,
+    reversal_twins,
+    select_permutations,
+)
 from permrl.policy.bandits import Exp3S, Hardness
 from permrl.policy.reinforce import Reinforce
 from permrl.policy.samplers import (
@@ -90,17 +95,18 @@ def model_tasks(cfg: Config) -> list[str]:
 
 
 def build_model(cfg: Config) -> OrderingNet:
-    """CaffeNet-BN trunk + one head per task; frames are cut at the tile size (SPEC 4)."""
+    """CaffeNet-BN trunk + one head per task, each sized by its parts (tiles, frames) (SPEC 4)."""
     m = cfg.model
     trunk = CaffeNetBN(width=m.width, conv1_stride=m.conv1_stride)
-    c, h, w = trunk.output_shape(cfg.spatial.tile)
     heads: dict[str, torch.nn.Module] = {}
     if "spatial" in cfg.tasks:
+        c, h, w = trunk.output_shape(cfg.spatial.tile)
         heads["spatial"] = SpatialHead(
             c * h * w, geometry_of(cfg).num_tiles, cfg.spatial.permutations,
             fc6_dim=m.fc6, fc7_dim=m.fc7, dropout=m.dropout,
         )
     if "temporal" in cfg.tasks:
+        c, h, w = trunk.output_shape(cfg.temporal.frame_size)
         heads["temporal"] = TemporalHead(
             c * h * w, cfg.temporal.frames, cfg.temporal.permutations,
             fc6_dim=m.fc6, hidden=m.lstm, dropout=m.dropout,
@@ -121,7 +127,8 @@ def build_permutations(cfg: Config, task: str = "spatial") -> np.ndarray:
             )
         return perms
     return select_permutations(t.permutations, n, seed=t.permutation_seed,
-                               criterion=t.criterion, include_identity=t.include_identity)
+                               criterion=t.criterion, include_identity=t.include_identity,
+                               exclude_reversals=task == "temporal" and t.exclude_reversals)
 
 
 def resolve_device(name: str, env: Distributed = ONE_PROCESS) -> torch.device:
@@ -181,7 +188,7 @@ def prepare_task(
             source.threads = cfg.data.decode_threads
             train_idx, val_idx = split_validation(len(source), tr.val_size, cfg.seed, "video")
             t = cfg.temporal
-            clip = {"frames": t.frames, "size": cfg.spatial.tile, "stride_min": t.stride_min,
+            clip = {"frames": t.frames, "size": t.frame_size, "stride_min": t.stride_min,
                     "stride_max": t.stride_max, "crop_min": t.crop_min}
             batches = ClipBatches(source, train_idx, batch_size=b, seed=cfg.seed,
                                   grey_prob=t.grey_prob, colour_jitter=t.colour_jitter, **clip,
@@ -189,6 +196,10 @@ def prepare_task(
             val_parts = validation_clips(source, val_idx, skips=skips, **clip)
     except ValidationError as e:
         raise RunError(str(e)) from None
+    if tr.val_size == 0 and env.is_main:
+        what = "images" if task == "spatial" else "videos"
+        print(f"permrl: X_val ({task}): {len(val_idx)} of {len(source)} {what} held out "
+              f"(train.val_size=0: 10 %, at most 100; set it to choose)", file=sys.stderr)
     for note in source.notes if env.is_main else []:
         print(f"permrl: {note}", file=sys.stderr)
     if skips.count and env.is_main:
@@ -336,8 +347,10 @@ def handle_non_finite(cfg: Config, step: int, skips: int, optimizer, scheduler) 
 
 def no_parts(cfg: Config, task: str) -> torch.Tensor:
     """An empty batch of the task's parts: a process whose whole shard was unreadable."""
-    n = geometry_of(cfg).num_tiles if task == "spatial" else cfg.temporal.frames
-    return torch.zeros(0, n, 3, cfg.spatial.tile, cfg.spatial.tile)
+    if task == "spatial":
+        return torch.zeros(0, geometry_of(cfg).num_tiles, 3, cfg.spatial.tile, cfg.spatial.tile)
+    t = cfg.temporal
+    return torch.zeros(0, t.frames, 3, t.frame_size, t.frame_size)
 
 
 def no_buffer_sync() -> dict[str, bool]:
@@ -421,6 +434,7 @@ def train_processes(
     tasks = {name: prepare_task(cfg, name, source["permutations"][name] if source
                                 else build_permutations(cfg, name), env) for name in names}
     perms = {name: torch.from_numpy(t.permutations) for name, t in tasks.items()}
+    reversal_twins_of = {name: torch.from_numpy(reversal_twins(p)) for name, p in perms.items()}
     if cfg.eval.knn_every:  # fail now, not after knn_every steps
         for spec in (cfg.eval.knn_train, cfg.eval.knn_test):
             if not (open_source(spec).labels >= 0).any():
@@ -479,16 +493,22 @@ def train_processes(
         return state
 
     def validate(step: int) -> dict[str, float]:
-        accuracy = {n: 1.0 - state_of(n, step).error for n in tasks}
+        states = {n: state_of(n, step) for n in tasks}
+        accuracy = {n: 1.0 - state.error for n, state in states.items()}
         record: dict[str, Any] = {"step": step}
         for n, acc in accuracy.items():
             record |= {f"{n}_val_accuracy": acc, f"{n}_val_error": 1 - acc,
                        f"{n}_val_samples": int(tasks[n].val_parts.shape[0])}
+        said = {n: f"{acc:.3f}" for n, acc in accuracy.items()}
+        if "temporal" in states:  # a clip's order told up to its direction (OPN's classes)
+            both = states["temporal"].accuracy_up_to(reversal_twins_of["temporal"])
+            record["temporal_val_accuracy_up_to_reversal"] = both
+            said["temporal"] += f" ({both:.3f} up to reversal)"
         log.write(record)
         if env.is_main:
             tqdm.write(f"step {step}: held-out puzzle accuracy " + ", ".join(
-                f"{n} {acc:.3f} ({tasks[n].val_parts.shape[0]} x {len(perms[n])} permutations)"
-                for n, acc in accuracy.items()), file=sys.stderr)
+                f"{n} {said[n]} ({tasks[n].val_parts.shape[0]} x {len(perms[n])} permutations)"
+                for n in accuracy), file=sys.stderr)
         return accuracy
 
     batches = {n: iter(task_loader(cfg, t, start, device)) for n, t in tasks.items()}

@@ -18,6 +18,7 @@ from permrl.permutations import (
     invert_permutation,
     load_permutations,
     permutation_checksum,
+    reversal_twins,
     save_permutations,
     select_permutations,
     validate_permutations,
@@ -140,6 +141,37 @@ def test_greedy_steps_size7(criterion):
         scores = (prev.min(0) if criterion == "maxmin" else prev.sum(0)).astype(float)
         scores[chosen[:step]] = -np.inf
         assert scores[chosen[step]] == scores.max()
+
+
+@pytest.mark.parametrize("criterion", ["maxmin", "maxmean"])
+@pytest.mark.parametrize("size,count", [(4, 12), (6, 100)])
+def test_greedy_without_reversal_twins(criterion, size, count):
+    """exclude_reversals: the greedy choice over the candidates whose twin n-1-psi is not
+    chosen yet, recomputed from scratch at every step."""
+    perms = select_permutations(count, size, seed=1, criterion=criterion, exclude_reversals=True)
+    assert (reversal_twins(perms) == -1).all()
+    cands = np.array(list(itertools.permutations(range(size))))
+    index = {tuple(c): i for i, c in enumerate(cands.tolist())}
+    chosen = [index[tuple(p)] for p in perms.tolist()]
+    twins = [index[tuple(size - 1 - p)] for p in perms]
+    for step in range(1, count):
+        scores = _naive_scores(perms[:step], cands, criterion).astype(float)
+        scores[chosen[:step] + twins[:step]] = -np.inf
+        best = scores.max()
+        assert chosen[step] == int(np.flatnonzero(scores == best)[0]), f"step {step}"
+
+
+def test_reversal_twins_by_hand():
+    perms = np.array([[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1], [1, 2, 0]])
+    # twin of [0,1,2] is [2,1,0]; of [1,0,2] is [1,2,0]; [0,2,1] -> [2,0,1] is absent.
+    assert reversal_twins(perms).tolist() == [1, 0, 4, -1, 2]
+    np.testing.assert_array_equal(reversal_twins(all_permutations(5)), np.arange(119, -1, -1))
+    greedy = select_permutations(100, 6, seed=0)  # maxmin favours twins: distance is maximal
+    assert (reversal_twins(greedy) >= 0).sum() > 0
+    pooled = select_permutations(40, 11, seed=0, pool_size=3000, exclude_reversals=True)
+    assert (reversal_twins(pooled) == -1).all()
+    with pytest.raises(ValueError, match="without reversal twins: only 4!/2 = 12"):
+        select_permutations(13, 4, exclude_reversals=True)
 
 
 def test_deterministic_and_seed_dependent():

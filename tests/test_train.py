@@ -134,6 +134,15 @@ def test_validation_images_are_never_trained_on():
     assert len(set(first.tolist())) == len(first)
 
 
+def test_a_few_dozen_photos_train_with_the_default_val_size(tmp_path, capsys):
+    folder = quadrant_images(tmp_path / "photos", count=30)
+    train(tiny("train.steps=2", "train.val_size=0", f"data.images=folder:{folder}"),
+          tmp_path / "run", progress=False)
+    assert "X_val (spatial): 4 of 30 images held out" in capsys.readouterr().err
+    val = [r for r in records(tmp_path / "run") if "spatial_val_samples" in r]
+    assert val[-1]["spatial_val_samples"] == 4
+
+
 def test_too_small_source_is_a_clear_error(tmp_path):
     cfg = tiny("train.steps=1", "data.images=dead-leaves?count=5&size=80")
     with pytest.raises(RunError, match="val_size"):

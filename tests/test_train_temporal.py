@@ -164,3 +164,54 @@ def test_a_source_without_usable_videos_is_a_clear_error(tmp_path):
     with pytest.raises(RunError, match="val_size"):
         train(tiny("tasks=[temporal]", "train.steps=1", f"data.videos=videos:{few}"),
               tmp_path / "run2", progress=False)
+
+
+def test_a_handful_of_videos_trains_with_the_default_val_size(tmp_path, capsys):
+    """train.val_size=0 (the default) holds out 2 of 5 clips, says so, and trains on 3."""
+    result = train(tiny("tasks=[temporal]", "train.steps=2", "train.val_size=0",
+                        "data.videos=demo-videos?count=5&frames=12&size=40"),
+                   tmp_path / "run", progress=False)
+    assert "X_val (temporal): 2 of 5 videos held out" in capsys.readouterr().err
+    val = [r for r in records(tmp_path / "run") if "temporal_val_accuracy" in r]
+    assert val[-1]["temporal_val_samples"] == 2 and "temporal" in result.val_accuracy
+    # Psi_T holds no reversal twins, so "up to reversal" is the plain accuracy.
+    assert val[-1]["temporal_val_accuracy_up_to_reversal"] == pytest.approx(
+        val[-1]["temporal_val_accuracy"], abs=1e-12)
+
+
+def test_accuracy_up_to_reversal_counts_twins(tmp_path):
+    """With twins allowed in Psi_T, the logged up-to-reversal accuracy is the share of X_val
+    pairs whose prediction is the permutation or its twin, recomputed here from the model."""
+    from permrl.permutations import reversal_twins
+    from permrl.policy.state import naive_state
+    from permrl.train import build_model
+
+    cfg = tiny("tasks=[temporal]", "train.steps=2", "temporal.permutations=24",
+               "temporal.exclude_reversals=false")
+    train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run/checkpoint.pt")
+    perms = ckpt["permutations"]["temporal"]
+    assert (reversal_twins(perms) >= 0).all()  # all 24 of 4!: every twin is in Psi_T
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    from permrl.data.batches import split_validation, validation_clips
+    from permrl.data.sources import SkipCounter
+    from permrl.data.video_sources import open_video_source
+
+    source = open_video_source(cfg.data.videos)
+    _, val_idx = split_validation(len(source), cfg.train.val_size, cfg.seed, "video")
+    t = cfg.temporal
+    parts = validation_clips(source, val_idx, frames=t.frames, size=t.frame_size,
+                             stride_min=t.stride_min, stride_max=t.stride_max,
+                             crop_min=t.crop_min, skips=SkipCounter())
+    state = naive_state(model, "temporal", parts, torch.from_numpy(perms))
+    twin = 3 - torch.from_numpy(perms)  # u - 1 - psi
+    hits = 0
+    for i in range(len(perms)):
+        for v in range(parts.shape[0]):
+            guess = torch.from_numpy(perms)[state.predicted[i, v]]
+            hits += bool(state.predicted[i, v] == i) or bool(torch.equal(guess, twin[i]))
+    logged = [r for r in records(tmp_path / "run") if "temporal_val_accuracy" in r][-1]
+    assert logged["temporal_val_accuracy_up_to_reversal"] == pytest.approx(
+        hits / (len(perms) * parts.shape[0]))
+    assert logged["temporal_val_accuracy"] == pytest.approx(1 - state.error)

@@ -48,17 +48,35 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return int(np.random.default_rng([seed, step, stream]).integers(2**63 - 1))
 
 
+AUTO_VAL_FRACTION = 0.1  # train.val_size=0: hold out this share of the source ...
+AUTO_VAL_MAX = 100  # ... at most this many items (the paper's |X_val|) ...
+AUTO_VAL_MIN = 4  # ... and at least this many, or half the source if that is fewer
+
+
+def validation_size(num_items: int, val_size: int) -> int:
+    """|X_val|: `val_size` when positive; 0 (auto) gives 10 % of the items, at most 100, at
+    least 4 (at most half of a tiny source), so a source of 1000 items or more holds out 100."""
+    if val_size > 0:
+        return val_size
+    share = round(AUTO_VAL_FRACTION * num_items)
+    return min(AUTO_VAL_MAX, max(share, min(AUTO_VAL_MIN, num_items // 2)))
+
+
 def split_validation(
     num_items: int, val_size: int, seed: int, what: str = "image"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """X_val: `val_size` items drawn with the seed and excluded from training (SPEC 3)."""
-    if num_items < val_size + 1:
+    """X_val: `validation_size(num_items, val_size)` items drawn with the seed and excluded
+    from training (SPEC 3)."""
+    size = validation_size(num_items, val_size)
+    if size < 1 or num_items < size + 1:
+        given = f"train.val_size={val_size}" if val_size else "train.val_size=0 (auto)"
         raise ValidationError(
-            f"the {what} source has {num_items} items; train.val_size={val_size} held-out "
-            f"{what}s plus at least one training {what} are needed"
+            f"the {what} source has {num_items} item{'s' * (num_items != 1)}; {given} needs "
+            f"{max(size, 1)} held-out {what}{'s' * (max(size, 1) != 1)} plus at least one "
+            f"training {what}"
         )
     order = np.random.default_rng([seed, 7]).permutation(num_items)
-    return np.sort(order[val_size:]), np.sort(order[:val_size])
+    return np.sort(order[size:]), np.sort(order[:size])
 
 
 def shard_positions(batch_size: int, rank: int, world_size: int) -> np.ndarray:

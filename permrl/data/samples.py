@@ -191,9 +191,10 @@ def clip_window(
     """(start, stride) of `frames` frames taken every `stride` frames, inside the video.
 
     Training (`rng` given): stride uniform in stride_min..stride_max, limited to what the video
-    allows, then a uniform start. Validation (`rng` None): the middle stride of the range (or the
-    largest that fits) and a centred start, so the view is deterministic. None when the video
-    has fewer than `frames` frames.
+    allows, then a uniform start. Validation (`rng` None): the middle stride of the range,
+    rounded up (or the largest that fits), and a centred start, so the view is deterministic
+    and its motion per frame is that of a typical training clip. None when the video has fewer
+    than `frames` frames.
     """
     if frame_count < frames:
         return None
@@ -201,7 +202,7 @@ def clip_window(
     hi = min(stride_max, longest)
     lo = min(stride_min, hi)
     if rng is None:
-        stride = min((stride_min + stride_max) // 2, longest)
+        stride = min((stride_min + stride_max + 1) // 2, longest)
         span = (frames - 1) * stride + 1
         return (frame_count - span) // 2, stride
     stride = int(rng.integers(lo, hi + 1))
@@ -215,11 +216,13 @@ def clip_crop_box(
     """(top, left, side) of the one square crop shared by all frames of a clip.
 
     Training: side uniform in crop_min..1 of the shorter side, position uniform. Validation
-    (`rng` None): the largest centred square.
+    (`rng` None): the centred square of the mean training side, (crop_min + 1) / 2 of the
+    shorter side, so objects and motion have their typical training scale.
     """
     short = min(height, width)
     if rng is None:
-        return (height - short) // 2, (width - short) // 2, short
+        side = max(1, round((crop_min + 1) / 2 * short))
+        return (height - side) // 2, (width - side) // 2, side
     side = int(rng.integers(max(1, round(crop_min * short)), short + 1))
     return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side
 

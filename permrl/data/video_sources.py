@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from permrl.data import builtin
+from permrl.data import builtin_videos
+from permrl.data.builtin import DEMO_SUBSETS
 from permrl.data.images import IMAGE_EXTENSIONS, decode_image
 from permrl.data.sources import SkipCounter, SourceError, split_spec
 from permrl.data.videos import VIDEO_EXTENSIONS, count_frames, probe_video, read_clip
@@ -26,8 +27,8 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "ucf101": {"split": _SPLITS, "subset": ("train", "test")},
     "hmdb51": {"split": _SPLITS, "subset": ("train", "test")},
     "demo-videos": {
-        "subset": builtin.DEMO_SUBSETS, "count": 120, "frames": 24, "size": 96, "seed": 0,
-        "label": ("motion", "photo"),
+        "subset": DEMO_SUBSETS, "count": 120, "frames": 24, "size": 96, "seed": 0,
+        "label": builtin_videos.DEMO_VIDEO_LABELS,
     },
 }  # fmt: skip
 """Options of each kind with their defaults: a tuple lists the choices, its first the default."""
@@ -364,7 +365,7 @@ def _hmdb51_source(spec: str, path: str, split: str, subset: str) -> VideoSource
 
 def _demo_videos_source(spec: str, opt: dict[str, Any]) -> VideoSource:
     try:
-        clips, labels, classes = builtin.demo_videos(
+        clips, labels, classes = builtin_videos.demo_videos(
             opt["subset"], opt["count"], opt["frames"], opt["size"], opt["seed"], opt["label"]
         )
     except (OSError, KeyError, ValueError) as err:
@@ -394,9 +395,9 @@ def open_video_source(spec: str) -> VideoSource:
     hmdb51:/dir          <class>_test_splitN.txt (1 train, 2 test) in /dir,
                          /dir/testTrainMulti_7030_splits or /dir/splits; videos in
                          /dir/<class>/ or /dir/hmdb51/<class>/; ?split=1|2|3&subset=train|test
-    demo-videos          built-in clips (permrl.data.builtin.demo_videos);
+    demo-videos          built-in clips (permrl.data.builtin_videos);
                          ?subset=train|gallery|query&count=120&frames=24&size=96&seed=0
-                         &label=motion|photo
+                         &label=event|photo
     Any kind: ?limit=N keeps the first N videos.
     """
     kind, path, opt = parse_video_spec(spec)

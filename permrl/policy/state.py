@@ -37,13 +37,25 @@ class NetworkState:
     """State s (Eq. 4) and error E (Eq. 6) of one task on its validation set."""
 
     ratios: Tensor  # (|Psi|, |X_val|) float: s, row i = permutation psi_i (Eq. 4)
-    correct: Tensor  # (|Psi|, |X_val|) bool: argmax of y* is the true permutation
+    predicted: Tensor  # (|Psi|, |X_val|) long: argmax of y*, the predicted permutation
     error: float  # Eq. 6: 1 - mean(correct)
 
     @classmethod
-    def from_matrices(cls, ratios: Tensor, correct: Tensor) -> NetworkState:
+    def from_matrices(cls, ratios: Tensor, predicted: Tensor) -> NetworkState:
         """The state with its error, Eq. 6: E = 1 - mean over all |Psi| x |X_val| pairs."""
-        return cls(ratios, correct, 1.0 - correct.double().mean().item())
+        correct = predicted == torch.arange(predicted.shape[0])[:, None]
+        return cls(ratios, predicted, 1.0 - correct.double().mean().item())
+
+    @property
+    def correct(self) -> Tensor:
+        """(|Psi|, |X_val|) bool: the argmax of y* is the true permutation."""
+        return self.predicted == torch.arange(self.predicted.shape[0])[:, None]
+
+    def accuracy_up_to(self, twins: Tensor) -> float:
+        """Accuracy when predicting a permutation's twin counts too; twins (|Psi|,) is the
+        index of each permutation's twin in Psi, -1 without one (`reversal_twins`)."""
+        twin_hit = (self.predicted == twins.view(-1, 1)) & (twins.view(-1, 1) >= 0)
+        return (self.correct | twin_hit).double().mean().item()
 
     @property
     def per_permutation_error(self) -> Tensor:
@@ -79,7 +91,7 @@ def compute_state(
     perms = permutations.long().to(device)
     num_perms, num_val = perms.shape[0], val_parts.shape[0]
     ratios = torch.empty(num_perms, num_val)
-    correct = torch.empty(num_perms, num_val, dtype=torch.bool)
+    predicted = torch.empty(num_perms, num_val, dtype=torch.long)
     was_training = model.training
     model.eval()
     try:
@@ -94,12 +106,12 @@ def compute_state(
                     labels = labels.expand(feats.shape[0], -1)
                     flat, flat_labels = logits.flatten(0, 1), labels.flatten()
                     r = softmax_ratio(flat, flat_labels).view_as(labels)
-                    c = (flat.argmax(dim=1) == flat_labels).view_as(labels)
                     ratios[p0 : p0 + psi.shape[0], v0:v1] = r.T.cpu()
-                    correct[p0 : p0 + psi.shape[0], v0:v1] = c.T.cpu()
+                    top = flat.argmax(dim=1).view_as(labels)
+                    predicted[p0 : p0 + psi.shape[0], v0:v1] = top.T.cpu()
     finally:
         model.train(was_training)
-    return NetworkState.from_matrices(ratios, correct)
+    return NetworkState.from_matrices(ratios, predicted)
 
 
 def naive_state(
@@ -120,7 +132,7 @@ def naive_state(
     pair_perm = torch.arange(num_perms).repeat_interleave(num_val)  # pair k = (psi, x)
     pair_val = torch.arange(num_val).repeat(num_perms)
     ratios = torch.empty(num_perms * num_val)
-    correct = torch.empty(num_perms * num_val, dtype=torch.bool)
+    predicted = torch.empty(num_perms * num_val, dtype=torch.long)
     was_training = model.training
     model.eval()
     try:
@@ -131,8 +143,8 @@ def naive_state(
                 logits = model.logits(task, parts)
                 labels = idx_p.to(device)
                 ratios[k0 : k0 + len(idx_p)] = softmax_ratio(logits, labels).cpu()
-                correct[k0 : k0 + len(idx_p)] = (logits.argmax(dim=1) == labels).cpu()
+                predicted[k0 : k0 + len(idx_p)] = logits.argmax(dim=1).cpu()
     finally:
         model.train(was_training)
     return NetworkState.from_matrices(ratios.view(num_perms, num_val),
-                                     correct.view(num_perms, num_val))
+                                     predicted.view(num_perms, num_val))

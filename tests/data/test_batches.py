@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from permrl.data.batches import ClipBatches, read_clip, split_validation, validation_clips
+from permrl.data.batches import (
+    ClipBatches,
+    ValidationError,
+    read_clip,
+    split_validation,
+    validation_clips,
+    validation_size,
+)
 from permrl.data.samples import clip_crop_box, clip_window, crop_clip, make_clip_frames
 from permrl.data.sources import SkipCounter
 
@@ -24,7 +31,7 @@ def test_clip_window_stays_inside_the_video(count):
         assert 0 <= start and last <= count - 1 and 1 <= stride <= 4
     if count >= 5:  # validation view: deterministic, the middle stride when it fits, centred
         start, stride = clip_window(count, 5, 1, 4, None)
-        assert stride == min(2, (count - 1) // 4)
+        assert stride == min(3, (count - 1) // 4)  # 2.5 rounded up
         assert start == (count - (4 * stride + 1)) // 2
 
 
@@ -40,7 +47,9 @@ def test_clip_crop_box_bounds_and_validation_centre():
         top, left, side = clip_crop_box(48, 64, 0.6, rng)
         assert round(0.6 * 48) <= side <= 48
         assert 0 <= top <= 48 - side and 0 <= left <= 64 - side
-    assert clip_crop_box(48, 64, 0.6, None) == (0, 8, 48)
+    # Validation: the mean training side 0.8 x 48 = 38.4 -> 38 px, centred.
+    assert clip_crop_box(48, 64, 0.6, None) == (5, 13, 38)
+    assert clip_crop_box(48, 64, 1.0, None) == (0, 8, 48)
 
 
 def test_crop_clip_applies_one_crop_to_every_frame():
@@ -136,3 +145,23 @@ def test_split_validation_is_disjoint_and_seeded():
     assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 50
     assert np.array_equal(val, split_validation(50, 10, seed=3)[1])
     assert not np.array_equal(val, split_validation(50, 10, seed=4)[1])
+
+
+@pytest.mark.parametrize(("items", "asked", "held_out"), [
+    (2, 0, 1), (4, 0, 2), (5, 0, 2), (8, 0, 4), (30, 0, 4), (78, 0, 8), (120, 0, 12),
+    (999, 0, 100), (60_000, 0, 100), (50, 7, 7), (3, 40, 40),
+])
+def test_validation_size_by_hand(items, asked, held_out):
+    """0 = auto: 10 % rounded, at most 100, at least 4 or half of a tiny source."""
+    assert validation_size(items, asked) == held_out
+
+
+def test_split_validation_auto_and_errors():
+    train, val = split_validation(78, 0, seed=1)
+    assert len(val) == 8 and len(train) == 70
+    assert np.array_equal(val, split_validation(78, 8, seed=1)[1])  # auto = explicit 8
+    with pytest.raises(ValidationError, match=r"1 item; train.val_size=0 \(auto\) needs 1 "):
+        split_validation(1, 0, seed=0)
+    with pytest.raises(ValidationError, match="4 items; train.val_size=4 needs 4 held-out "
+                                              "videos plus at least one training video"):
+        split_validation(4, 4, seed=0, what="video")

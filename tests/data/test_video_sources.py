@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from permrl.data import builtin
+from permrl.data import builtin_videos
 from permrl.data.sources import SourceError
 from permrl.data.video_sources import (
     VIDEO_SOURCE_KINDS,
@@ -96,7 +96,7 @@ def test_flat_videos_are_unlabelled(tmp_path):
         (lambda p: None, "videos:{p}?limit=2&limit=3", "given twice"),
         (lambda p: None, "ucf101:{p}?split=4", "split must be one of 1, 2, 3"),
         (lambda p: None, "demo-videos:{p}", "takes no path"),
-        (lambda p: None, "demo-videos?label=colour", "label must be one of motion, photo"),
+        (lambda p: None, "demo-videos?label=colour", "label must be one of event, photo"),
     ],
 )
 def test_errors_are_one_line_source_errors(tmp_path, make, spec, message):
@@ -265,14 +265,14 @@ def test_demo_videos_passes_options(monkeypatch):
         clips = [np.full((frames, size, size, 3), k, np.uint8) for k in range(count)]
         return clips, np.arange(count, dtype=np.int64) % 2, ["a", "b"]
 
-    monkeypatch.setattr(builtin, "demo_videos", fake, raising=False)
+    monkeypatch.setattr(builtin_videos, "demo_videos", fake, raising=False)
     src = open_video_source("demo-videos?subset=query&count=5&frames=6&size=8&seed=3&limit=4")
-    assert calls == [("query", 5, 6, 8, 3, "motion")]
+    assert calls == [("query", 5, 6, 8, 3, "event")]
     assert len(src) == 4 and src.classes == ["a", "b"] and src.labels.tolist() == [0, 1, 0, 1]
     assert src.frame_count(2) == 6 and src.describe(2) == src.name + "[2]"
     assert src.read_frames(3, [0, 5]).shape == (2, 8, 8, 3)
     open_video_source("demo-videos")
-    assert calls[-1] == ("train", 120, 24, 96, 0, "motion")
+    assert calls[-1] == ("train", 120, 24, 96, 0, "event")
 
 
 def test_demo_videos_real():

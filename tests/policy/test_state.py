@@ -51,11 +51,15 @@ def test_softmax_ratio_batch_matches_loop():
 
 
 def test_error_and_per_permutation_error_by_hand():
-    correct = torch.tensor([[True, True, False, True], [False, False, False, True],
-                            [True, True, True, True]])
-    state = NetworkState.from_matrices(torch.ones(3, 4), correct)
+    predicted = torch.tensor([[0, 0, 2, 0], [2, 0, 0, 1], [2, 2, 2, 2]])
+    state = NetworkState.from_matrices(torch.ones(3, 4), predicted)
+    assert state.correct.tolist() == [[True, True, False, True], [False, False, False, True],
+                                      [True, True, True, True]]
     assert state.error == pytest.approx(1 - 8 / 12)  # Eq. 6: 8 of 12 pairs correct
     assert torch.allclose(state.per_permutation_error, torch.tensor([0.25, 0.75, 0.0]))
+    # Permutations 0 and 2 are twins, 1 has none: row 0's 2 and row 2's 0s would count.
+    assert state.accuracy_up_to(torch.tensor([2, -1, 0])) == pytest.approx(9 / 12)
+    assert state.accuracy_up_to(torch.tensor([-1, -1, -1])) == pytest.approx(8 / 12)
 
 
 def tiny_model(task: str, *extra: str):
@@ -76,7 +80,8 @@ def tiny_model(task: str, *extra: str):
 @pytest.mark.parametrize(("task", "extra"), [
     ("spatial", ["spatial.grid=2", "spatial.permutations=24"]),
     ("spatial", ["spatial.grid=3", "spatial.permutations=30"]),
-    ("temporal", ["temporal.frames=4", "temporal.permutations=20"]),
+    ("temporal", ["temporal.frames=4", "temporal.permutations=20",
+                  "temporal.exclude_reversals=false"]),
 ])
 def test_compute_state_equals_naive_state(task, extra):
     model, perms, n = tiny_model(task, *extra)
