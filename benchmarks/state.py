@@ -52,7 +52,8 @@ def run(name: str, naive_perms: int | None, sample_chunk: int, permutation_chunk
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     perms = torch.from_numpy(build_permutations(cfg, task)).long()
-    n, tile = perms.shape[1], cfg.spatial.tile
+    n = perms.shape[1]
+    tile = cfg.spatial.tile if task == "spatial" else cfg.temporal.frame_size
     val = torch.randn(VAL, n, 3, tile, tile)
     k = min(naive_perms or default_naive, len(perms))
     print(f"\n== {name}: preset {preset}, {task} head, |Psi| = {len(perms)}, |X_val| = {VAL}, "

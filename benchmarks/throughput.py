@@ -49,9 +49,11 @@ def bare_step_seconds(cfg: Config, steps: int, warmup: int = 5) -> float:
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, _ = make_optimizer(cfg, model)
-    b, t = cfg.train.batch_size, cfg.spatial.tile
-    parts_of = {"spatial": geometry_of(cfg).num_tiles, "temporal": cfg.temporal.frames}
-    parts = {task: torch.randn(b, parts_of[task], 3, t, t, device=device)
+    b = cfg.train.batch_size
+    parts_of = {"spatial": (geometry_of(cfg).num_tiles, cfg.spatial.tile),
+                "temporal": (cfg.temporal.frames, cfg.temporal.frame_size)}
+    parts = {task: torch.randn(b, parts_of[task][0], 3, parts_of[task][1], parts_of[task][1],
+                               device=device)
              for task in model_tasks(cfg)}
     targets = {task: torch.randint(0, getattr(cfg, task).permutations, (b,), device=device)
                for task in parts}

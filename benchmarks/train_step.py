@@ -6,7 +6,10 @@ Measured in one process, each against a baseline of the same run:
   2. building the batch of one step (image resize, crops, jitter, normalisation) on one thread,
      as a fraction of the model step. It runs in a DataLoader worker (or, with data.workers=0,
      in the main process); on a machine with few cores it competes with the model step, so
-     bare / (bare + data) bounds the loop / bare ratio of benchmarks/throughput.py there.
+     bare / (bare + data) bounds the loop / bare ratio of benchmarks/throughput.py there;
+  3. the bare temporal model step (batch 64 x 6 frames) at temporal.frame_size 32 (the preset:
+     pool5 1 x 1), 48 (2 x 2) and 64 px (3 x 3), as ratios to 32 px: the price of keeping some
+     spatial layout at pool5.
 """
 
 from __future__ import annotations
@@ -47,3 +50,11 @@ if __name__ == "__main__":
     data = batch_seconds()
     print(f"building one batch (one thread): {1000 * data:.1f} ms = {data / cl:.2f} x the model "
           f"step; serial bound on the loop / bare ratio {cl / (cl + data):.2f}")
+    base = None
+    for size in (32, 48, 64):
+        cfg = load_config(preset="cpu", overrides=["tasks=[temporal]",
+                                                   f"temporal.frame_size={size}"])
+        seconds = bare_step_seconds(cfg, STEPS)
+        base = base or seconds
+        print(f"temporal model step, 64 x 6 frames of {size} px: {1000 * seconds:.1f} ms, "
+              f"{seconds / base:.2f} x the 32 px step")

@@ -43,21 +43,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_permutations(args: argparse.Namespace) -> int:
-    from permrl.permutations import hamming_stats, save_permutations, select_permutations
+    from permrl.permutations import (
+        hamming_stats,
+        reversal_twins,
+        save_permutations,
+        select_permutations,
+    )
 
     t0 = time.perf_counter()
     try:
         perms = select_permutations(args.count, args.size, seed=args.seed,
                                     criterion=args.criterion,
-                                    include_identity=args.include_identity)
+                                    include_identity=args.include_identity,
+                                    exclude_reversals=args.exclude_reversals)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     seconds = time.perf_counter() - t0
     stats = hamming_stats(perms)
     if args.out:
         save_permutations(args.out, perms, seed=args.seed, criterion=args.criterion)
+    twins = int((reversal_twins(perms) >= 0).sum())
     print(f"{len(perms)} permutations of {args.size} ({args.criterion}, seed {args.seed}): "
           f"min Hamming distance {stats['min']}, mean {stats['mean']:.3f}, "
+          f"{twins} with their reversal twin in the set, "
           f"{seconds:.2f} s" + (f"; saved to {args.out}" if args.out else ""))
     return 0
 
@@ -189,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--seed", type=int, default=0)
     pm.add_argument("--criterion", choices=["maxmin", "maxmean"], default="maxmin")
     pm.add_argument("--include-identity", action="store_true")
+    pm.add_argument("--exclude-reversals", action="store_true",
+                    help="never both psi and its reversal size-1-psi (the temporal default)")
     pm.add_argument("--out", help="save to this .npy (with a .json checksum sidecar)")
     pm.set_defaults(func=cmd_permutations)
 

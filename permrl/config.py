@@ -65,7 +65,8 @@ class SpatialConfig(PermutationConfig):
 @dataclass
 class TemporalConfig(PermutationConfig):
     frames: int = 6  # u: frames per clip, shuffled by a permutation of Psi_T
-    frame_size: int = 32  # px: each frame is cropped and resized to this square size
+    frame_size: int = 48  # px: each frame is cropped and resized to this square size (48:
+    # pool5 keeps a 2 x 2 layout at conv1 stride 2; 32 px tiles give 1 x 1)
     exclude_reversals: bool = True  # Psi_T never holds both psi and its reversal u-1-psi
     stride_min: int = 1  # frames are taken every `stride` frames, stride drawn in min..max
     stride_max: int = 4

@@ -2,8 +2,9 @@
 data, then compare both with random init.
 
 Training data: `demo` images (procedural dead leaves + crops of the top half of the photographs
-bundled with scikit-image) for the spatial task, `demo-videos` clips (a virtual camera panning
-and zooming over the top halves of the same photos) for the temporal task. Evaluation never
+bundled with scikit-image) for the spatial task, `demo-videos` clips (a camera moving forward
+over the top halves of the same photos while balls fall or roll in and come to rest: an arrow
+of time, permrl.data.builtin_videos) for the temporal task. Evaluation never
 touches trained pixels: retrieval galleries come from the bottom-left quarter of each photo and
 queries from the bottom-right quarter, labelled by photo (images: crops; videos: clips, 10
 frames each); puzzle accuracy is measured on each task's X_val and on unseen photo crops.

@@ -136,6 +136,10 @@ BAD_OVERRIDES = [
     ("tasks=[spatial, spatial]", "tasks"),
     ("temporal.frames=1", "temporal.frames"),
     ("temporal.permutations=800", "temporal.permutations"),
+    ("temporal.permutations=361", "temporal.permutations"),  # > 6!/2 without twins
+    ("temporal.frame_size=24", "temporal.frame_size"),  # pool5 needs 25 px at stride 2
+    ("temporal.frame_size=0", "temporal.frame_size"),
+    ("train.val_size=-1", "train.val_size"),
     ("temporal.stride_min=5", "temporal.stride_min"),
     ("train.serial_switch=10", "train.serial_switch"),
     ("train.optimizer=rmsprop", "train.optimizer"),
@@ -256,3 +260,12 @@ def test_config_from_dict_validates():
     values["extra"] = 1
     with pytest.raises(ConfigError, match="extra"):
         config_from_dict(values)
+
+
+def test_reversal_twins_halve_the_temporal_limit():
+    assert load_config(overrides=["temporal.permutations=360"]).temporal.permutations == 360
+    with pytest.raises(ConfigError, match="exceeds the 360 permutations of 6 frames without "
+                                          "reversal twins"):
+        load_config(overrides=["temporal.permutations=361"])
+    cfg = load_config(overrides=["temporal.permutations=720", "temporal.exclude_reversals=false"])
+    assert cfg.temporal.permutations == 720

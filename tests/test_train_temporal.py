@@ -215,3 +215,17 @@ def test_accuracy_up_to_reversal_counts_twins(tmp_path):
     assert logged["temporal_val_accuracy_up_to_reversal"] == pytest.approx(
         hits / (len(perms) * parts.shape[0]))
     assert logged["temporal_val_accuracy"] == pytest.approx(1 - state.error)
+
+
+def test_frames_have_their_own_size():
+    """temporal.frame_size sizes the frames and the temporal fc6; tiles keep spatial.tile."""
+    from permrl.train import build_model
+
+    for size, cells in ((32, 1), (48, 4), (64, 9)):  # pool5 1x1, 2x2, 3x3 at conv1 stride 2
+        model = build_model(tiny("tasks=[spatial, temporal]", f"temporal.frame_size={size}"))
+        channels = model.trunk.out_channels
+        assert model.heads["temporal"].fc6.fc.in_features == channels * cells
+        assert model.heads["spatial"].fc6.fc.in_features == channels  # 32 px tiles: 1x1
+        with torch.no_grad():
+            model.eval()
+            assert model.logits("temporal", torch.rand(2, 4, 3, size, size)).shape == (2, 5)

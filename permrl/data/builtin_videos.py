@@ -35,8 +35,8 @@ DEMO_VIDEO_LABELS: tuple[str, ...] = ("event", "photo")
 
 _ZOOM_SIDE = (0.7, 1.0)  # first (largest) window side, fraction of the region's smaller side
 _ZOOM_FACTOR = (1.1, 1.4)  # ratio of the first to the last window side (the camera advances)
-_BALLS = (3, 6)  # balls per clip, inclusive
-_RADIUS = (0.08, 0.14)  # ball radius, fraction of the last (smallest) window side
+_BALLS = (4, 8)  # balls per clip, inclusive
+_RADIUS = (0.15, 0.25)  # ball radius, fraction of the last (smallest) window side
 _RELEASE = (-0.25, 0.8)  # release times, fraction of the clip (negative: before frame 0)
 _DURATION = (0.25, 0.45)  # time from release to rest, fraction of the clip
 _FLOOR = (0.55, 0.95)  # rest height of a ball's bottom, fraction of the last window

@@ -163,7 +163,7 @@ def test_ball_kinematics_by_hand(event):
         boxes = camera_windows(region, 25, np.random.default_rng(seed))
         b = ball_paths(event, boxes, rng)
         n = len(b.radii)
-        assert 3 <= n <= 6 and b.centres.shape == (n, 25, 2)
+        assert 4 <= n <= 8 and b.centres.shape == (n, 25, 2)
         assert ((b.colours >= 0) & (b.colours <= 255)).all() and (np.diff(b.release) >= 0).all()
         first, last, r = boxes[0], boxes[-1], b.radii
         assert (b.rest[:, 1] - r >= last[1]).all() and (b.rest[:, 1] + r <= last[3]).all()

@@ -11,7 +11,8 @@ from permrl.policy.state import NetworkState, compute_state, naive_state, softma
 from permrl.train import build_model
 
 TINY = ["model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16",
-        "spatial.cell=32", "spatial.tile=32", "tasks=[spatial, temporal]"]
+        "spatial.cell=32", "spatial.tile=32", "temporal.frame_size=32",
+        "tasks=[spatial, temporal]"]
 
 
 def ratio_of(probs: list[float], label: int) -> float:
