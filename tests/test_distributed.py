@@ -36,6 +36,7 @@ OVERRIDES = [
     "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16", "model.dropout=0.0",
     "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
     "temporal.frames=4", "temporal.permutations=12", "temporal.stride_max=2",
+    "temporal.frame_size=32",  # permrl 0.1's frames: the regime these equalities were tuned in
     "train.batch_size=8", "train.val_size=16", "train.warmup_steps=0", "train.log_every=1",
     "train.val_every=0", "train.threads=1", "train.schedule=constant",
     # SGD: AdamW turns float-level differences (summation order) into visible ones within a
