@@ -43,8 +43,9 @@ class NetworkState:
     @classmethod
     def from_matrices(cls, ratios: Tensor, predicted: Tensor) -> NetworkState:
         """The state with its error, Eq. 6: E = 1 - mean over all |Psi| x |X_val| pairs."""
-        correct = predicted == torch.arange(predicted.shape[0])[:, None]
-        return cls(ratios, predicted, 1.0 - correct.double().mean().item())
+        state = cls(ratios, predicted, 0.0)
+        state.error = 1.0 - state.correct.double().mean().item()
+        return state
 
     @property
     def correct(self) -> Tensor:
