@@ -1,7 +1,7 @@
 """Sanity ladder of the temporal task: u = 3, 4, 6 frames on the built-in clips, in one process.
 
     python benchmarks/temporal_ladder.py                 # cpu preset, the default budgets
-    python benchmarks/temporal_ladder.py --steps 3:200,4:400,6:1500 --seed 1
+    python benchmarks/temporal_ladder.py --steps 3:200,4:600,6:1500 --seed 1
 
 Each rung trains the temporal task alone (`tasks=[temporal]`, the cpu preset's defaults, Psi_T
 without reversal twins: all 3 of 3!/2, all 12 of 4!/2, 100 of 6!/2) for its budget of steps on
@@ -9,6 +9,10 @@ without reversal twins: all 3 of 3!/2, all 12 of 4!/2, 100 of 6!/2) for its budg
 accuracy, chance (1/|Psi_T|), the chance-corrected accuracy (acc - chance) / (1 - chance) (0 at
 chance, 1 when perfect), the seconds per step, and "ok" when the corrected accuracy is at least
 0.5 (half-way from chance to perfect): what "learned well above chance" means here.
+
+Measured on 2 CPU cores, seed 0 (10 min in all): u=3 97.2% (corrected 0.96) after 300 steps,
+u=4 71.5% (0.69) after 900 (53.5%, 0.49, after 600), u=6 63.9% (0.64) after 1500; 0.21-0.27 s
+per step including start-up and validation.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from permrl.config import load_config
 from permrl.train import train
 
-DEFAULT_BUDGETS = {3: 300, 4: 600, 6: 1500}
+DEFAULT_BUDGETS = {3: 300, 4: 900, 6: 1500}
 PASS_CORRECTED = 0.5
 
 
@@ -51,7 +55,7 @@ def rung(frames: int, steps: int, seed: int, out: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=parse_budgets, default=DEFAULT_BUDGETS,
-                        help="budgets as u:steps,... (default 3:300,4:600,6:1500)")
+                        help="budgets as u:steps,... (default 3:300,4:900,6:1500)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rows = []

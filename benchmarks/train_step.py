@@ -7,9 +7,9 @@ Measured in one process, each against a baseline of the same run:
      as a fraction of the model step. It runs in a DataLoader worker (or, with data.workers=0,
      in the main process); on a machine with few cores it competes with the model step, so
      bare / (bare + data) bounds the loop / bare ratio of benchmarks/throughput.py there;
-  3. the bare temporal model step (batch 64 x 6 frames) at temporal.frame_size 32 (the preset:
-     pool5 1 x 1), 48 (2 x 2) and 64 px (3 x 3), as ratios to 32 px: the price of keeping some
-     spatial layout at pool5.
+  3. the bare temporal model step (batch 64 x 6 frames) at temporal.frame_size 32 (pool5
+     1 x 1), 48 (the cpu preset: 2 x 2) and 64 px (the paper preset: 3 x 3), as ratios to
+     32 px: the price of keeping some spatial layout at pool5.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Checkpoints that survive crashes: atomic, checksummed, the last N kept.
 
 `save_checkpoint` serialises in memory, writes `checkpoint-<step>.pt` through a temporary file
-(fsync, then rename) with a `.sha256` sidecar, points `checkpoint.pt` at the same bytes (again
-by an atomic rename), and deletes step files beyond the newest `keep`. A crash at any moment
+(fsync, then rename) with a `.sha256` sidecar, points `checkpoint.pt` at it (a relative
+symbolic link, replaced by an atomic rename: no second copy of the bytes), and deletes step
+files beyond the newest `keep`. A crash at any moment
 leaves the previous checkpoint intact; a write that fails (disk full) raises `CheckpointError`
 and leaves it intact too. `load_checkpoint` verifies the checksum and, when a file is
 half-written or corrupt, falls back to the newest intact step file with a message.
@@ -39,6 +40,18 @@ def _write_atomic(data: bytes, path: Path) -> None:
         raise
 
 
+def _link_atomic(target: Path, link: Path) -> None:
+    """Make `link` a relative symbolic link to `target` (in the same folder) in one rename."""
+    tmp = link.parent / f".{link.name}.{os.getpid()}.link.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(target.name, tmp)
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save to `path` so that a crash leaves either the old file or the new one."""
     buffer = io.BytesIO()
@@ -68,8 +81,8 @@ def save_checkpoint(obj: dict[str, Any], run_dir: str | Path, step: int, keep: i
     try:
         _write_atomic(data, step_path)
         _write_atomic(f"{digest}  {step_path.name}\n".encode(), Path(f"{step_path}.sha256"))
-        _write_atomic(data, latest)
-        _write_atomic(f"{digest}  {latest.name}\n".encode(), Path(f"{latest}.sha256"))
+        _link_atomic(step_path, latest)
+        Path(f"{latest}.sha256").unlink(missing_ok=True)  # a copy's sidecar (permrl <= 0.2)
     except OSError as e:
         raise CheckpointError(
             f"could not write the checkpoint of step {step} to {run_dir} ({e.strerror}); the "
@@ -81,8 +94,9 @@ def save_checkpoint(obj: dict[str, Any], run_dir: str | Path, step: int, keep: i
 
 
 def _verified(path: Path) -> bool:
-    """True when the file matches its .sha256 sidecar (or has none: older checkpoints)."""
-    sidecar = Path(f"{path}.sha256")
+    """True when the file matches its .sha256 sidecar (or has none: older checkpoints); a link
+    is checked against the sidecar of the file it points at."""
+    sidecar = Path(f"{path.resolve()}.sha256")
     if not sidecar.exists():
         return True
     expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
@@ -90,6 +104,8 @@ def _verified(path: Path) -> bool:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} points at a missing file")
     if not _verified(path):
         raise CheckpointError(f"checkpoint {path} does not match its checksum")
     try:
@@ -104,7 +120,7 @@ def _read(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint; a corrupt `checkpoint.pt` falls back to the newest intact step file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():  # (a dangling link falls back below)
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return _read(path)
@@ -118,4 +134,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 continue
             print(f"permrl: {first}; using {older.name} (step {step}) instead", file=sys.stderr)
             return ckpt
-        raise
+        raise CheckpointError(f"{first}, and no intact step checkpoint is left in "
+                              f"{path.parent}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -19,6 +20,7 @@ from permrl.config import ConfigError, load_config
 from permrl.data.sources import SourceError
 from permrl.export import ExportError
 from permrl.permutations import PermutationFileError
+from permrl.run_dir import Interrupted
 from permrl.train import RunError
 
 USER_ERRORS = (ConfigError, SourceError, RunError, CheckpointError, PermutationFileError,
@@ -34,11 +36,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_file = str(Path(args.out) / "config.yaml")  # --resume: the run's own config
     cfg = load_config(config_file, args.preset, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force)
-    if result.interrupted or result.rank != 0:  # under torchrun rank 0 speaks for the run
+    if result.interrupted:  # checkpointed, and train said so
+        print("permrl: continue with the same command and --resume", file=sys.stderr)
+        return 128 + result.stop_signal
+    if result.rank != 0:  # under torchrun rank 0 speaks for the run
         return 0
     accuracy = ", ".join(f"{task} {acc:.3f}" for task, acc in result.val_accuracy.items())
-    print(f"trained {result.steps} steps: final loss {result.final_loss:.4f}, held-out puzzle "
-          f"accuracy {accuracy}; checkpoint {result.run_dir / 'checkpoint.pt'}")
+    loss = f"final loss {result.final_loss:.4f}, " if math.isfinite(result.final_loss) else ""
+    print(f"trained {result.steps} steps: {loss}held-out puzzle accuracy {accuracy}; checkpoint "
+          f"{result.run_dir / 'checkpoint.pt'}")
     return 0
 
 
@@ -81,6 +87,10 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
         )
     for w in caught:
         print(f"permrl: warning: {w.message}", file=sys.stderr)
+    ks = [k for k in ("top1", "top5", "top10", "top20", "top50") if k in result]
+    print(f"kNN retrieval, {result['layer']}, {result['queries']} queries vs {result['gallery']} "
+          f"gallery items ({result['test_source']} vs {result['train_source']}):\n"
+          + "  ".join(f"{k.capitalize()} {100 * result[k]:.1f}%" for k in ks), file=sys.stderr)
     write_json(result, args.out)
     return 0
 
@@ -90,7 +100,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     ablate(args.out, variants, args.seeds, config_file=args.config, preset=args.preset,
-           overrides=args.set or [])
+           overrides=args.set or [], force=args.force)
     print(f"table: {Path(args.out) / 'table.md'}")
     return 0
 
@@ -206,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     k = evsub.add_parser("knn", help="nearest-neighbour retrieval, Top-1/5/10/20/50 (Table 1)")
     k.add_argument("--checkpoint", help="a training checkpoint (or use --random-init)")
-    k.add_argument("--train", required=True, help="gallery source, KIND:PATH")
-    k.add_argument("--test", required=True, help="query source, KIND:PATH")
+    k.add_argument("--train", help="gallery source, KIND:PATH (default: the config's "
+                   "eval.knn_train)")
+    k.add_argument("--test", help="query source, KIND:PATH (default: eval.knn_test)")
     k.add_argument("--layer", default=None, help="trunk block (default: the config's, pool5)")
     k.add_argument("--bn-stats", choices=["gallery", "stored"], default="gallery",
                    help="re-estimate BatchNorm statistics on the gallery (default) or keep "
@@ -228,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
     a.add_argument("--out", required=True, help="ablation directory (a rerun resumes it)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="shared override")
+    a.add_argument("--force", action="store_true",
+                   help="retrain the cells of --out whose config differs from this command's")
     a.set_defaults(func=cmd_ablate)
 
     f4 = sub.add_parser("fig4", help="Fig. 4 protocol: a fresh policy from an intermediate "
@@ -301,8 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"permrl: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output path that cannot be written, a full disk
-        print(f"permrl: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"permrl: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # a run stopped on a signal after its checkpoint
+        print(f"permrl: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("permrl: interrupted", file=sys.stderr)
         return 130

@@ -290,8 +290,9 @@ def validate(cfg: Config) -> Config:
                 "spatial.grey_prob", "spatial.colour_jitter"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
-    if cfg.model.width <= 0 or cfg.train.lr <= 0:
-        raise ConfigError("model.width and train.lr must be positive")
+    for key in ("model.width", "train.lr"):
+        if get(cfg, key) <= 0:
+            raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
     for key in ("seed", "spatial.permutation_seed", "temporal.permutation_seed"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
@@ -361,6 +362,39 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def task_steps(cfg: Config, task: str) -> range:
+    """The step indices at which `task` trains: all of them, or its half of S&T."""
+    switch, steps = cfg.train.serial_switch, cfg.train.steps
+    if not switch:
+        return range(steps)
+    return range(switch) if task == "spatial" else range(switch, steps)
+
+
+def idle_policy(cfg: Config) -> str | None:
+    """Why an adaptive policy would never be updated in this run (it would then equal the
+    uniform sampler, silently), or None. `permrl train` warns, `permrl ablate` refuses."""
+    for task in cfg.tasks if cfg.policy != "uniform" else []:
+        if policy_updates(cfg, task) == 0:
+            cycle = cfg.reinforce.sgd_steps + cfg.reinforce.episode_batches
+            span = (f"train.steps = {cfg.train.steps}" if not cfg.train.serial_switch else
+                    f"{task} trains {len(task_steps(cfg, task))} steps of train.steps = "
+                    f"{cfg.train.steps} (train.serial_switch = {cfg.train.serial_switch})")
+            return (f"policy={cfg.policy} never acts on {task}: its first update comes after "
+                    f"reinforce.sgd_steps + reinforce.episode_batches = {cycle} steps, but "
+                    f"{span}; lower reinforce.sgd_steps or raise train.steps")
+    return None
+
+
+def policy_updates(cfg: Config, task: str) -> int:
+    """How many policy updates (episodes, Sect. 3.2) `task` gets in a run: an episode starts
+    after iteration m (N + K) + N and ends after (m + 1)(N + K), both while the task trains."""
+    cycle = cfg.reinforce.sgd_steps + cfg.reinforce.episode_batches
+    steps = task_steps(cfg, task)
+    first_m = max(0, math.ceil((steps.start + 1 - cfg.reinforce.sgd_steps) / cycle))
+    last_m = steps.stop // cycle - 1
+    return max(0, last_m - first_m + 1)
+
+
 def get(cfg: Config, dotted: str) -> Any:
     obj: Any = cfg
     for part in dotted.split("."):
@@ -368,15 +402,29 @@ def get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's problem and where, in one line: "expected ',' or ']' (line 3, column 2)"."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """'train.lr=0.01' -> {'train': {'lr': 0.01}}; the value is read as YAML."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    if raw.lstrip()[:1] in ("[", "{"):  # a list or mapping must parse: no silent string
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {text!r}: {yaml_problem(e)} (quote the whole "
+                              f"argument, e.g. --set \"{key}=[a, b]\")") from None
+    else:
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
@@ -397,8 +445,7 @@ def load_config(
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         except yaml.YAMLError as e:
-            first = str(e).splitlines()[0]
-            raise ConfigError(f"config {path} is not valid YAML: {first}") from None
+            raise ConfigError(f"config {path} is not valid YAML: {yaml_problem(e)}") from None
         if not isinstance(file_values, dict):
             raise ConfigError(f"config {path}: expected a mapping at the top level")
     layers = [file_values] + [parse_override(o) for o in overrides]
@@ -435,3 +482,18 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: old -> new` for every key whose value differs, in the config's order; keys under
+    a name in `ignore` (e.g. "train") are left out."""
+
+    def leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out |= leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    a, b = leaves(to_dict(old)), leaves(to_dict(new))
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
+            if a[k] != b[k] and not any(k == i or k.startswith(f"{i}.") for i in ignore)]

@@ -30,6 +30,7 @@ from permrl.data.sources import SkipCounter, open_source
 from permrl.evaluate.knn import knn_features
 from permrl.evaluate.run import knn, load_trunk
 from permrl.report.html import write_report
+from permrl.run_dir import Interrupted
 from permrl.train import RunError, build_model, geometry_of, last_validation, puzzle_accuracy
 
 IMAGE_QUERIES = "demo-photos?subset=query"  # unseen photo crops for the puzzle accuracy
@@ -62,7 +63,10 @@ def run_demo(out: Path, steps: int | None = None, force: bool = True) -> dict[st
     print(f"permrl demo: {' vs '.join(VARIANTS)}, cpu preset, same seed and iterations, on "
           f"built-in data; ablation directory {out / 'ablation'}")
     t0 = time.perf_counter()
-    ablation = ablate(out / "ablation", VARIANTS, seeds=1, preset="cpu", overrides=overrides)
+    try:
+        ablation = ablate(out / "ablation", VARIANTS, seeds=1, preset="cpu", overrides=overrides)
+    except Interrupted as e:
+        raise Interrupted(e.signum, "the demo starts over when run again") from None
     train_seconds = time.perf_counter() - t0
     rows: dict[str, dict[str, Any]] = {}
     for cell in ablation["cells"]:

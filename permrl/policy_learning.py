@@ -24,6 +24,7 @@ from typing import Any
 
 from permrl.checkpoint import load_checkpoint
 from permrl.config import ADAPTIVE_POLICIES, Config, ConfigError, config_with
+from permrl.run_dir import Interrupted
 from permrl.train import RunError, train
 
 
@@ -102,7 +103,7 @@ def policy_learning(checkpoint: str | Path, out: str | Path, episodes: int, *,
     out = Path(out)
     result = train(cfg, out, force=force, progress=progress, init_from=checkpoint)
     if result.interrupted:
-        raise KeyboardInterrupt
+        raise Interrupted(result.stop_signal, "the probe run is kept; start it again with --force")
     records = read_metrics(out)
     summary: dict[str, Any] = {
         "checkpoint": str(checkpoint), "checkpoint_step": ckpt["step"], "policy": policy,

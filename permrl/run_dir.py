@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from permrl.config import TASKS, Config, config_from_dict, to_dict
+from permrl.config import TASKS, Config, config_differences, config_from_dict
 from permrl.policy.state import NetworkState
 
 
@@ -138,18 +138,19 @@ FIXED_ON_RESUME = ("optimizer", "batch_size", "val_size")
 
 
 def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
-    def fixed(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if k != "train"}
-
+    if cfg.train.steps < ckpt["step"]:
+        raise RunError(f"--resume: train.steps={cfg.train.steps} is fewer than the "
+                       f"{ckpt['step']} steps already done in {path}; give train.steps >= "
+                       f"{ckpt['step']}, or train a new run")
     stored = ckpt["config"]["train"]
     for key in FIXED_ON_RESUME:
         if stored[key] != getattr(cfg.train, key):
             raise RunError(f"--resume: train.{key} cannot change on resume ({stored[key]!r} in "
                            f"{path}, {getattr(cfg.train, key)!r} now)")
-
-    if fixed(to_dict(config_from_dict(ckpt["config"]))) != fixed(to_dict(cfg)):
-        raise RunError(f"--resume: the config differs from the one in {path} "
-                       "(only train.* keys may change on resume)")
+    changed = config_differences(config_from_dict(ckpt["config"]), cfg, ignore=("train",))
+    if changed:
+        raise RunError(f"--resume: the config differs from the one in {path} ("
+                       f"{'; '.join(changed)}); only train.* keys may change on resume")
 
 
 def last_validation(metrics: Path) -> dict[str, float]:
@@ -181,6 +182,7 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.name: str | None = None
+        self.signum = 0
         self.previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,6 +190,7 @@ class GracefulStop:
 
     def handle(self, signum: int, frame: Any) -> None:
         self.name = signal.Signals(signum).name
+        self.signum = signum
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
@@ -195,6 +198,19 @@ class GracefulStop:
         self.previous = {}
 
 
+class Interrupted(Exception):
+    """A run stopped on a signal after checkpointing; the command exits 128 + the signal's
+    number (130 for Ctrl-C, 143 for SIGTERM), so `permrl train ... && permrl eval ...` stops."""
+
+    def __init__(self, signum: int, how_to_continue: str) -> None:
+        super().__init__(how_to_continue)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 def ignore_interrupts(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which finishes its step,
+    checkpoints and shuts them down. SLURM's scancel, Kubernetes and `timeout` signal the whole
+    process group: a worker killed by it would make the main process raise instead."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

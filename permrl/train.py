@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from permrl.checkpoint import load_checkpoint, save_checkpoint
-from permrl.config import TASKS, Config, to_dict, to_yaml
+from permrl.config import TASKS, Config, idle_policy, to_dict, to_yaml
 from permrl.data.batches import (
+    AUTO_VAL_RULE,
     ClipBatches,
     PuzzleBatches,
     ValidationError,
@@ -175,6 +177,10 @@ def prepare_task(
     skips = SkipCounter()
     tr, b = cfg.train, cfg.train.batch_size
     shard = {"rank": env.rank, "world_size": env.world_size}
+    if env.is_main:  # start-up can take a while (built-in data is rendered): say what runs
+        spec = cfg.data.images if task == "spatial" else cfg.data.videos
+        print(f"permrl: {task}: {len(permutations)} permutations; opening {spec} and holding "
+              "out X_val", file=sys.stderr)
     try:
         if task == "spatial":
             source = open_source(cfg.data.images)
@@ -199,7 +205,7 @@ def prepare_task(
     if tr.val_size == 0 and env.is_main:
         what = "images" if task == "spatial" else "videos"
         print(f"permrl: X_val ({task}): {len(val_idx)} of {len(source)} {what} held out "
-              f"(train.val_size=0: 10 %, at most 100; set it to choose)", file=sys.stderr)
+              f"(train.val_size=0: {AUTO_VAL_RULE}; set it to choose)", file=sys.stderr)
     for note in source.notes if env.is_main else []:
         print(f"permrl: {note}", file=sys.stderr)
     if skips.count and env.is_main:
@@ -304,8 +310,12 @@ class RunResult:
     final_loss: float
     val_accuracy: dict[str, float]
     skipped: int
-    interrupted: bool = False
+    stop_signal: int = 0  # the signal that stopped the run early (0: it ran to the end)
     rank: int = 0  # under torchrun: which process this result is from (0 prints it)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal != 0
 
 
 MIN_ITEMS_FOR_BAD_FRACTION = 100
@@ -389,10 +399,16 @@ def train(
     except DistributedError as e:
         raise RunError(str(e)) from None
     device = resolve_device(cfg.train.device, env)
+    run_dir = Path(run_dir)
+    new_dir = not run_dir.exists()
     env.start(device)
     try:
-        return train_processes(cfg, Path(run_dir), env, device, resume=resume, force=force,
+        return train_processes(cfg, run_dir, env, device, resume=resume, force=force,
                                progress=progress, stop_at=stop_at, init_from=init_from)
+    except BaseException:
+        if new_dir and env.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no folder
+        raise
     finally:
         env.stop()
 
@@ -416,6 +432,8 @@ def train_processes(
     ckpt = env.on_main(lambda: load_checkpoint(resume_from) if resume_from else None)
     if ckpt is not None:
         check_resumable(ckpt, cfg, resume_from)
+    if (idle := idle_policy(cfg)) and env.is_main:
+        print(f"permrl: warning: {idle}", file=sys.stderr)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)  # the initial weights: the same on every process
@@ -446,6 +464,11 @@ def train_processes(
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model)
+    if env.is_main:
+        print(f"permrl: model {type(model).__name__} ("
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
+              f"{device}; {cfg.train.steps} steps, first batches from "
+              f"{cfg.data.workers or 'no'} DataLoader worker(s)", file=sys.stderr)
     start = 0
     if init is not None:  # weights and optimiser moments; the learning rate is this config's
         model.load_state_dict(init["model"])
@@ -465,8 +488,11 @@ def train_processes(
                 raise RunError(f"--resume: the {name} sampler state in {resume_from} does not "
                                f"fit this run ({type(e).__name__}: {e}); start a new run") from None
         start = ckpt["step"]
-    if env.is_main:
+    if env.is_main and start < cfg.train.steps:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    elif env.is_main:
+        print(f"permrl: {run_dir} has already trained its {start} steps; nothing to do",
+              file=sys.stderr)
     log = MetricsLog(run_dir / "metrics.jsonl", start if ckpt else None, enabled=env.is_main)
     permutation_errors = PermutationErrors(run_dir / "permutation_errors.npz",
                                            start if ckpt else None, enabled=env.is_main)
@@ -665,8 +691,7 @@ def train_processes(
         interrupted.restore()
     if stopped is not None and env.is_main:
         print(f"permrl: {interrupted.name or 'a stop signal'} received: stopped after step "
-              f"{stopped} with a checkpoint in {run_dir}; continue with the same command and "
-              "--resume", file=sys.stderr)
+              f"{stopped} with a checkpoint in {run_dir}", file=sys.stderr)
     if start >= cfg.train.steps:  # resuming a finished run: nothing to do, nothing to log
         val_acc = env.on_main(lambda: last_validation(run_dir / "metrics.jsonl"))
     for name, t in tasks.items():
@@ -674,4 +699,6 @@ def train_processes(
             print(f"{t.skips.warning_line()} [{name}, whole run]", file=sys.stderr)
     return RunResult(run_dir, stopped or cfg.train.steps, loss_value, val_acc,
                      sum(t.unreadable for t in tasks.values()),
-                     interrupted=stopped is not None, rank=env.rank)
+                     # (a process stopped by its peers' signal reports SIGTERM)
+                     stop_signal=(interrupted.signum or int(signal.SIGTERM)) if stopped else 0,
+                     rank=env.rank)

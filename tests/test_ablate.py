@@ -58,7 +58,69 @@ def test_ablation_table_resume_and_layout(tmp_path, monkeypatch):
     assert [c["knn"] for c in again["cells"]] == [c["knn"] for c in cells]
 
 
+def test_a_policy_cell_shorter_than_one_cycle_is_refused_before_anything_trains(tmp_path):
+    with pytest.raises(ConfigError, match=r"S\+P: policy=reinforce never acts.*reinforce\."
+                                          r"sgd_steps \+ reinforce.episode_batches = 101"):
+        ablate(tmp_path / "abl", ["S", "S+P"], seeds=1,
+               overrides=TINY + ["train.steps=60", "reinforce.sgd_steps=100"])
+    assert not (tmp_path / "abl").exists()
+
+
 def test_unknown_variant_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="S\\+Q"):
         ablate(tmp_path, ["S", "S+Q"], seeds=1, overrides=TINY)
     assert not (tmp_path / "S").exists()  # validated before anything trains
+
+
+def test_rerun_keeps_other_cells_and_refuses_a_changed_config_by_name(tmp_path, monkeypatch,
+                                                                    capsys):
+    out = tmp_path / "abl"
+    first = ablate(out, ["S", "S+P"], seeds=1, overrides=TINY)["cells"]
+    real_train = ablate_module.train
+    monkeypatch.setattr(ablate_module, "train", lambda *a, **k: pytest.fail("retrained"))
+    # Fewer variants: the finished S+P cell stays in the table.
+    again = ablate(out, ["S"], seeds=1, overrides=TINY)
+    assert again["cells"] == first
+    assert "| S+P |" in (out / "table.md").read_text()
+    # A changed budget: refused, naming the cell and the key; nothing is retrained.
+    with pytest.raises(ConfigError, match=r"S/seed0 \(train.steps: 4 -> 3\).*--force"):
+        ablate(out, ["S"], seeds=1, overrides=TINY + ["train.steps=3"])
+    # --force retrains it; the S+P cell of the other budget leaves the table, said on stderr.
+    monkeypatch.setattr(ablate_module, "train", real_train)
+    capsys.readouterr()
+    forced = ablate(out, ["S"], seeds=1, overrides=TINY + ["train.steps=3"], force=True)
+    assert [(c["variant"], c["steps"]) for c in forced["cells"]] == [("S", 3)]
+    assert "S+P/seed0 left out of the table" in capsys.readouterr().err
+    assert "| S+P |" not in (out / "table.md").read_text()
+    assert (out / "S+P/seed0/cell.json").exists()  # its directory is untouched
+
+
+def test_an_interrupted_cell_exits_130_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from permrl.cli import main
+    from permrl.train import RunResult
+
+    def stopped(cfg, run_dir, **kwargs):
+        return RunResult(run_dir, 1, float("nan"), {}, 0, stop_signal=int(signal.SIGINT))
+
+    monkeypatch.setattr(ablate_module, "train", stopped)
+    sets = [a for o in TINY for a in ("--set", o)]
+    assert main(["ablate", "--out", str(tmp_path / "abl"), "--variants", "S", "--seeds", "1",
+                 *sets]) == 130
+    err = capsys.readouterr().err
+    assert "run the same `permrl ablate` command again" in err and "--resume" not in err
+    assert not (tmp_path / "abl/S/seed0/cell.json").exists()
+
+
+def test_the_table_rounds_once():
+    """87.946% must print as 87.9 (rounding to 87.95 first printed 88.0)."""
+    from permrl.ablate import summary_table
+    from permrl.config import load_config
+
+    knn = {"layer": "pool5", "train_source": "g", "test_source": "q", "gallery": 2,
+           "queries": 2, "bn_stats": "gallery", "top1": 0.879464, "top5": 0.950535}
+    md, rows = summary_table([{"variant": "S", "seed": 0, "steps": 1, "knn": knn}],
+                             load_config())
+    assert "| S | 87.9 ± 0.0 | 95.1 ± 0.0 |" in md
+    assert rows[0]["top1_mean"] == pytest.approx(87.9464)

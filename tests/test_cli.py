@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from permrl.cli import main
+from permrl.config import load_config
 from permrl.permutations import hamming_stats, load_permutations
 
 TINY = [
@@ -21,8 +23,13 @@ TINY = [
 ]
 
 
+STARTUP = re.compile(r"permrl: (spatial|temporal): \d+ permutations; opening ")
+
+
 def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+    """The one error line; before it only the start-up line of what was being opened."""
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not STARTUP.match(line)]
     assert len(err) == 1 and err[0].startswith("permrl: error: "), err
     return err[0]
 
@@ -55,6 +62,7 @@ def test_train_user_errors_are_one_line(tmp_path, capsys, override, key):
     code = main(["train", "--out", str(tmp_path / "run"), *TINY, "--set", override])
     assert code == 2
     assert key in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()  # a failed command leaves no empty --out folder
 
 
 def test_train_then_eval_knn(tmp_path, capsys):
@@ -71,8 +79,20 @@ def test_train_then_eval_knn(tmp_path, capsys):
     assert {"top1", "top5", "top10", "queries", "gallery", "layer", "bn_stats"} <= set(result)
     assert result["queries"] == 6 and result["gallery"] == 12 and result["bn_stats"] == "gallery"
     assert "top20" not in result and 20 in result["skipped_k"]  # k > gallery: left out
+    top1 = f"Top1 {100 * result['top1']:.1f}%"
+    assert top1 in capsys.readouterr().err  # a short table for the reader, JSON for scripts
     assert main(argv + ["--random-init"]) == 0
     assert json.loads(out.read_text())["network"].startswith("random-init")
+    # Gallery = queries: said, since Top-1 is then 1.0 by construction.
+    capsys.readouterr()
+    same = ["eval", "knn", "--random-init", "--train", f"folder:{gallery}", "--test",
+            f"folder:{gallery}", "--out", str(out)]
+    assert main(same) == 0
+    assert "same source" in capsys.readouterr().err
+    # Without --train/--test the config's eval.knn_train and eval.knn_test are used.
+    assert main(["eval", "knn", "--random-init", "--out", str(out)]) == 0
+    cfg = load_config()
+    assert json.loads(out.read_text())["train_source"] == cfg.eval.knn_train
     # Training again into the same directory needs --resume or --force.
     capsys.readouterr()
     assert main(["train", "--out", str(run), *TINY]) == 2
@@ -121,13 +141,14 @@ def test_export_command(tmp_path, capsys):
     (["train", "--out", "DIR/run", "--set", "seed=-1"], "seed"),
     (["permutations", "--count", "5", "--size", "4", "--out", "/no/such/dir/p.npy"], "/no/such"),
     (["ablate", "--variants", ",", "--out", "DIR/abl"], "--variants"),
+    (["report", "DIR"], "error: DIR is not a run, ablation or demo directory"),
 ])
 def test_more_user_errors_are_one_line(tmp_path, capsys, argv, needle):
     (tmp_path / "file").write_text("not a directory")
     argv = [a.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path))
             for a in argv]
     assert main(argv) == 2
-    assert needle in one_error_line(capsys)
+    assert needle.replace("DIR", str(tmp_path)) in one_error_line(capsys)
 
 
 def test_eval_probe_and_finetune_commands(tmp_path, capsys):

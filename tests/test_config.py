@@ -8,8 +8,10 @@ from permrl.config import (
     Config,
     ConfigError,
     config_from_dict,
+    idle_policy,
     load_config,
     parse_override,
+    policy_updates,
     to_dict,
     to_yaml,
 )
@@ -152,8 +154,9 @@ BAD_OVERRIDES = [
     ("spatial.grey_prob=1.5", "spatial.grey_prob"),
     ("train.warmup_steps=-1", "train.warmup_steps"),
     ("train=5", "train"),
-    ("model.width=0", "model.width"),
-    ("train.lr=0", "train.lr"),
+    ("model.width=0", "model.width: must be positive, got 0"),
+    ("train.lr=0", "train.lr: must be positive, got 0"),
+    ("tasks=[spatial, temporal", "quote the whole argument"),  # a shell-split list
     ("train.lr=.inf", "train.lr"),
     ("tasks=[]", "tasks"),
 ]
@@ -203,10 +206,10 @@ def test_wrong_types_in_file(tmp_path):
 
 def test_invalid_yaml_file(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("train: {lr: 0.1\n")
+    path.write_text("seed: 1\ntrain: {lr: 0.1\nmodel: {}\n")
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "(line 3, column 6)" in str(info.value)
 
 
 def test_yaml_top_level_list(tmp_path):
@@ -269,3 +272,49 @@ def test_reversal_twins_halve_the_temporal_limit():
         load_config(overrides=["temporal.permutations=361"])
     cfg = load_config(overrides=["temporal.permutations=720", "temporal.exclude_reversals=false"])
     assert cfg.temporal.permutations == 720
+
+
+def naive_policy_updates(cfg, task: str) -> int:
+    """The training loop's schedule walked step by step: an episode of `task` ends (and the
+    policy is updated) only if it also started while the task trained."""
+    from permrl.train import active_tasks, policy_phase
+
+    updates, in_episode = 0, False
+    for step in range(cfg.train.steps):
+        phase = policy_phase(cfg, step + 1)
+        if task not in active_tasks(cfg, step):
+            continue
+        if phase == "episode_start":
+            in_episode = True
+        elif phase == "episode_end" and in_episode:
+            updates, in_episode = updates + 1, False
+    return updates
+
+
+@pytest.mark.parametrize("steps", [1, 10, 20, 24, 25, 26, 49, 50, 51, 97])
+@pytest.mark.parametrize("switch", [0, 1, 19, 20, 21, 33])
+def test_policy_updates_equal_the_loop_walked_step_by_step(steps, switch):
+    cfg = load_config(overrides=["tasks=[spatial, temporal]", f"train.steps={steps}",
+                                 "reinforce.sgd_steps=20", "reinforce.episode_batches=5"])
+    if switch >= steps:
+        return
+    # Set after loading: the check under test (in validate) would refuse the cycles that
+    # never complete, and those are the cases to compare.
+    cfg.train.serial_switch, cfg.policy = switch, "reinforce"
+    for task in ("spatial", "temporal"):
+        assert policy_updates(cfg, task) == naive_policy_updates(cfg, task), (steps, switch, task)
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    (["train.steps=60", "reinforce.sgd_steps=100"], "train.steps = 60"),
+    (["train.steps=104", "reinforce.sgd_steps=100", "reinforce.episode_batches=5"],
+     "= 105 steps"),
+    (["tasks=[spatial, temporal]", "train.steps=300", "train.serial_switch=250",
+      "reinforce.sgd_steps=100"], "temporal trains 50 steps"),
+])
+def test_a_policy_that_would_never_act_is_named_with_its_keys(overrides, culprit):
+    message = idle_policy(load_config(overrides=["policy=reinforce", *overrides]))
+    assert "never acts" in message and culprit in message and "reinforce.sgd_steps" in message
+    assert idle_policy(load_config(overrides=["policy=uniform", *overrides])) is None
+    assert idle_policy(load_config(overrides=["policy=reinforce", "train.steps=105",
+                                              "reinforce.sgd_steps=100"])) is None

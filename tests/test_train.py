@@ -116,9 +116,22 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 
 def test_resume_rejects_a_different_model(tmp_path):
     train(tiny("train.steps=1"), tmp_path / "run", progress=False)
-    with pytest.raises(RunError, match="differs"):
+    fc6 = tiny().model.fc6
+    with pytest.raises(RunError, match=rf"differs .*\(model\.fc6: {fc6} -> 8\)"):
         train(tiny("train.steps=2", "model.fc6=8"), tmp_path / "run", resume=True,
               progress=False)
+
+
+def test_resume_with_fewer_steps_than_done_is_refused_and_keeps_the_config(tmp_path, capsys):
+    train(tiny("train.steps=2"), tmp_path / "run", progress=False)
+    before = (tmp_path / "run/config.yaml").read_text()
+    with pytest.raises(RunError, match="train.steps=1 is fewer than the 2 steps already done"):
+        train(tiny("train.steps=1"), tmp_path / "run", resume=True, progress=False)
+    capsys.readouterr()
+    again = train(tiny("train.steps=2", "train.lr=0.5"), tmp_path / "run", resume=True,
+                  progress=False)
+    assert again.steps == 2 and "already trained its 2 steps" in capsys.readouterr().err
+    assert (tmp_path / "run/config.yaml").read_text() == before  # nothing ran: nothing rewritten
 
 
 def test_validation_images_are_never_trained_on():

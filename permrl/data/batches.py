@@ -51,6 +51,7 @@ def step_seed(seed: int, step: int, stream: int) -> int:
 AUTO_VAL_FRACTION = 0.1  # train.val_size=0: hold out this share of the source ...
 AUTO_VAL_MAX = 100  # ... at most this many items (the paper's |X_val|) ...
 AUTO_VAL_MIN = 4  # ... and at least this many, or half the source if that is fewer
+AUTO_VAL_RULE = f"{AUTO_VAL_FRACTION:.0%}, at most {AUTO_VAL_MAX}"  # said when it applies
 
 
 def validation_size(num_items: int, val_size: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,11 +80,18 @@ def knn(
 
 
 def knn_from_checkpoint(
-    checkpoint: str | Path | None, train: str, test: str, *, layer: str | None = None,
-    bn_stats: str = "gallery", random_init: bool = False, preset: str = "cpu",
+    checkpoint: str | Path | None, train: str | None, test: str | None, *,
+    layer: str | None = None, bn_stats: str = "gallery", random_init: bool = False,
+    preset: str = "cpu",
 ) -> dict[str, Any]:
-    """`permrl eval knn`: retrieval Top-k of a checkpoint's (or a random) trunk."""
+    """`permrl eval knn`: retrieval Top-k of a checkpoint's (or a random) trunk. A gallery or
+    query source not given is the config's `eval.knn_train` / `eval.knn_test`."""
     trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
+    train, test = train or cfg.eval.knn_train, test or cfg.eval.knn_test
+    if train == test:
+        warnings.warn(f"gallery and queries are the same source ({train}): every query finds "
+                      "itself, so Top-1 is 1.0 by construction; use disjoint sources, e.g. "
+                      "?subset=gallery and ?subset=query", stacklevel=2)
     device = resolve_device("auto")  # where it runs now, not where it trained
     result = knn(trunk.to(device), cfg, train, test, layer=layer, bn_stats=bn_stats,
                  device=device)

@@ -353,8 +353,9 @@ def detect_kind(path: Path) -> str:
     if (path / "demo.md").is_file() or any(
             _is_run_dir(p) or (p / "cells.json").is_file() for p in path.iterdir()):
         return "demo"
-    raise FileNotFoundError(f"{path}: no metrics.jsonl, config.yaml, cells.json, table.md, "
-                            f"demo.md or run sub-directories")
+    raise FileNotFoundError(f"{path} is not a run, ablation or demo directory (no "
+                            "metrics.jsonl, config.yaml, cells.json, table.md, demo.md or run "
+                            "sub-directories)")
 
 
 # The three kinds --------------------------------------------------------------------------
