@@ -15,8 +15,9 @@ import time
 import warnings
 from pathlib import Path
 
+from permrl import __version__
 from permrl.checkpoint import CheckpointError
-from permrl.config import ConfigError, load_config
+from permrl.config import PRESETS, ConfigError, load_config, to_yaml
 from permrl.data.sources import SourceError
 from permrl.export import ExportError
 from permrl.permutations import PermutationFileError
@@ -126,6 +127,16 @@ def cmd_fig4(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from permrl.config_reference import reference
+
+        print(reference())
+        return 0
+    print(to_yaml(load_config(args.config, args.preset, args.set or [])), end="")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from permrl.report.html import write_report
 
@@ -184,11 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Spatiotemporal self-supervision by ordering, with a learned permutation "
                     "policy (Buechler, Brattoli & Ommer, ECCV 2018).",
     )
+    p.add_argument("--version", action="version", version=f"permrl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="self-supervised training (spatial and/or temporal "
                        "ordering: S, T, S+T, S&T)")
-    t.add_argument("--preset", choices=["cpu", "paper"], default=None,
+    t.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="starting values (default: cpu, or the config's `preset`)")
     t.add_argument("--config", help="YAML file; its keys override the preset")
     t.add_argument("--out", required=True, help="run directory")
@@ -200,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue RUN_DIR/checkpoint.pt with RUN_DIR/config.yaml (plus --set)")
     t.add_argument("--force", action="store_true", help="overwrite a non-empty RUN_DIR")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("config", help="print the resolved config (--show) or the reference "
+                       "of every key (--reference)")
+    what = c.add_mutually_exclusive_group()
+    what.add_argument("--show", action="store_true",
+                      help="the resolved values as YAML, usable as --config (the default)")
+    what.add_argument("--reference", action="store_true",
+                      help="every key with its defaults and meaning (docs/config.md), markdown")
+    c.add_argument("--preset", choices=list(PRESETS), default=None)
+    c.add_argument("--config", help="YAML file to resolve")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(func=cmd_config)
 
     pm = sub.add_parser("permutations", help="select a maximally diverse permutation set")
     pm.add_argument("--count", type=int, default=1000)
@@ -225,13 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the stored ones")
     k.add_argument("--random-init", action="store_true",
                    help="a randomly initialised trunk (baseline row)")
-    k.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
+    k.add_argument("--preset", choices=list(PRESETS), default="cpu",
                    help="architecture for --random-init without a checkpoint")
     k.add_argument("--out", help="write the JSON result here")
     k.set_defaults(func=cmd_eval_knn)
 
     a = sub.add_parser("ablate", help="Table 5: train and evaluate variants x seeds")
-    a.add_argument("--preset", choices=["cpu", "paper"], default=None)
+    a.add_argument("--preset", choices=list(PRESETS), default=None)
     a.add_argument("--config", help="YAML file shared by every cell")
     a.add_argument("--variants", default="S,S+P,T,T+P,S&T,S+T,S+T+P",
                    help="comma-separated, from S,S+P,T,T+P,S&T,S+T,S+T+P and the adaptive "
@@ -270,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-estimate BN on the training images (default) or keep stored")
     pr.add_argument("--cache", help="feature cache folder (default: beside the checkpoint)")
     pr.add_argument("--random-init", action="store_true")
-    pr.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    pr.add_argument("--preset", choices=list(PRESETS), default="cpu")
     pr.add_argument("--out", help="write the JSON result here")
     pr.set_defaults(func=cmd_eval_probe)
 
@@ -285,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=float, default=0.01)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--random-init", action="store_true")
-    ft.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    ft.add_argument("--preset", choices=list(PRESETS), default="cpu")
     ft.add_argument("--out", help="write the JSON result here")
     ft.set_defaults(func=cmd_eval_finetune)
 
@@ -296,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default="state-dict")
     x.add_argument("--out", required=True)
     x.add_argument("--random-init", action="store_true")
-    x.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    x.add_argument("--preset", choices=list(PRESETS), default="cpu")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="train on built-in data and compare with random init")

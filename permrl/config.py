@@ -36,10 +36,10 @@ class ModelConfig:
     width: float = 0.25  # channel multiplier of CaffeNet (1.0 = paper)
     conv1_stride: int = 2  # on puzzle tiles; evaluation has its own (eval.conv1_stride)
     fc6: int = 256  # per-tile fc6 units
-    fc7: int = 1024
+    fc7: int = 1024  # fc7 units of the spatial head (over the concatenated tiles)
     lstm: int = 256  # temporal head: LSTM hidden units
     dropout: float = 0.1  # after fc6 and fc7 (paper preset: 0.5, as in the jigsaw network)
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
 
 
 @dataclass
@@ -48,8 +48,8 @@ class PermutationConfig:
 
     permutations: int = 100  # |Psi|
     criterion: str = "maxmin"  # Hamming selection: maxmin | maxmean
-    permutation_seed: int = 0
-    include_identity: bool = False
+    permutation_seed: int = 0  # seed of the greedy Hamming selection of Psi
+    include_identity: bool = False  # force the identity order into Psi
     permutation_file: str | None = None  # a saved set overrides count/criterion/seed
     grey_prob: float = 0.3  # fraction of samples turned grey
     colour_jitter: float = 0.2  # per-part (tile or frame) saturation/gamma jitter strength
@@ -71,26 +71,26 @@ class TemporalConfig(PermutationConfig):
     stride_min: int = 1  # frames are taken every `stride` frames, stride drawn in min..max
     stride_max: int = 4
     crop_min: float = 0.6  # one random square crop per clip: side in crop_min..1 of the frame
-    permutation_seed: int = 1
+    permutation_seed: int = 1  # (a different Psi_T than Psi_S by default)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 64
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    steps: int = 2000  # SGD iterations of the network
+    batch_size: int = 64  # global batch (split over torchrun processes)
+    optimizer: str = "adam"  # adam (AdamW) | sgd
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.9  # sgd only (adam is AdamW with its default betas)
+    weight_decay: float = 5e-4  # on weights, not biases or BatchNorm (AdamW: decoupled)
     schedule: str = "cosine"  # constant | cosine | step
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear learning-rate warm-up
     step_size: int = 100_000  # for schedule=step: lr x0.1 every step_size steps
     val_size: int = 0  # |X_val|: held-out items per task, excluded from training; 0 = 10 %
     # of the source, at most 100, at least 4 (data.batches.validation_size)
     val_every: int = 500  # held-out puzzle accuracy every N steps (0 = only at the end)
     serial_switch: int = 0  # S&T: spatial alone until this step, then temporal (0 = S+T)
-    log_every: int = 20
-    checkpoint_every: int = 500
+    log_every: int = 20  # a metrics.jsonl line and the progress bar every N steps
+    checkpoint_every: int = 500  # a step checkpoint every N steps (and at the end)
     keep_checkpoints: int = 3  # step checkpoints kept besides checkpoint.pt
     nan_policy: str = "stop"  # non-finite loss/gradient: stop | lower_lr (skip the step)
     nan_lr_factor: float = 0.5  # lower_lr: multiply the learning rate by this
@@ -105,7 +105,7 @@ class TrainConfig:
 class EvalConfig:
     input_size: int = 64  # evaluation images (paper: 227)
     conv1_stride: int = 2  # paper: 4 on 227 px images, same weights as training
-    layer: str = "pool5"
+    layer: str = "pool5"  # trunk block whose output is the retrieval feature
     knn_every: int = 0  # retrieval during training every N steps (0 = never; Fig. 5)
     knn_train: str = "demo-photos?subset=gallery"  # gallery source for knn_every
     knn_test: str = "demo-photos?subset=query"  # query source for knn_every
@@ -143,9 +143,9 @@ class BanditConfig:
 
 @dataclass
 class Config:
-    preset: str = "cpu"
-    seed: int = 0
-    tasks: list[str] = field(default_factory=lambda: ["spatial"])
+    preset: str = "cpu"  # the defaults this config starts from
+    seed: int = 0  # weights, data order, crops and draws: a run is a function of it
+    tasks: list[str] = field(default_factory=lambda: ["spatial"])  # S, T or both (S+T)
     policy: str = "uniform"  # how permutations are drawn: uniform | reinforce (Sect. 3.2) |
     # exp3 | hardness (adaptive baselines over the same groups, not in the paper)
     data: DataConfig = field(default_factory=DataConfig)
@@ -484,16 +484,21 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[str]:
-    """`key: old -> new` for every key whose value differs, in the config's order; keys under
-    a name in `ignore` (e.g. "train") are left out."""
+def flat_keys(cfg: Config) -> dict[str, Any]:
+    """{"train.lr": 0.001, ...}: every key of the config by its dotted name, in order."""
 
-    def leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    def leaves(d: dict[str, Any], prefix: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in d.items():
             out |= leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
         return out
 
-    a, b = leaves(to_dict(old)), leaves(to_dict(new))
+    return leaves(to_dict(cfg), "")
+
+
+def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: old -> new` for every key whose value differs, in the config's order; keys under
+    a name in `ignore` (e.g. "train") are left out."""
+    a, b = flat_keys(old), flat_keys(new)
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
             if a[k] != b[k] and not any(k == i or k.startswith(f"{i}.") for i in ignore)]

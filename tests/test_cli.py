@@ -168,3 +168,29 @@ def test_eval_probe_and_finetune_commands(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "probe", *common, "--layer", "fc9"]) == 2
     assert "fc9" in one_error_line(capsys)
+
+
+def test_version_and_config_show_round_trip(tmp_path, capsys):
+    import permrl
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"permrl {permrl.__version__}"
+    assert main(["config", "--show", "--preset", "paper", "--set", "train.steps=7"]) == 0
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(capsys.readouterr().out)
+    cfg = load_config(shown)  # what --show prints is a config file that gives the same config
+    assert cfg == load_config(preset="paper", overrides=["train.steps=7"])
+
+
+def test_config_reference_covers_every_key_and_docs_config_md_is_its_output():
+    from pathlib import Path
+
+    from permrl.config import flat_keys
+    from permrl.config_reference import reference
+
+    text = reference()
+    for key in flat_keys(load_config()):
+        assert f"| `{key}` |" in text, key
+    docs = Path(__file__).parents[1] / "docs/config.md"
+    assert docs.read_text() == text + "\n", "regenerate: permrl config --reference > docs/config.md"
