@@ -18,8 +18,8 @@ Plus :func:`plot_training_curves` (loss, training and held-out accuracy) and
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,23 +126,54 @@ def sort_rows_by_mean(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Helpers ----------------------------------------------------------------------------------
-HEADER_IN = 0.62  # inches above the axes for the title and the subtitle
+HEADER_IN = 0.62  # inches above the axes for a one-line title and a one-line caption
+TITLE_LINE_IN = 0.24  # inches per extra line of a wrapped title (13 pt)
+CAPTION_LINE_IN = 0.17  # ... and of a wrapped caption (9 pt)
+
+
+def _wrapped(fig: Figure, text: str, **style: Any) -> list[str]:
+    """`text` broken into lines that fit the figure's width, measured with its renderer."""
+    renderer = fig.canvas.get_renderer()
+    limit = 0.96 * fig.get_figwidth() * fig.dpi
+    width = len(text)
+    while True:
+        lines = textwrap.wrap(text, width) or [""]
+        probe = fig.text(0, 0, "\n".join(lines), **style)
+        fits = probe.get_window_extent(renderer).width <= limit
+        probe.remove()
+        if fits or width <= 20:
+            return lines
+        width = int(width * 0.9)
 
 
 def _title(fig: Figure, title: str, subtitle: str) -> None:
-    """Bold title and a grey one-line caption, at fixed distances (inches) from the top."""
+    """Bold title and a grey caption at fixed distances (inches) from the top, wrapped to the
+    figure's width; each extra line makes the figure taller (the axes keep their place)."""
+    title_style = {"fontsize": 13, "fontweight": "bold"}
+    sub_style = {"fontsize": 9, "color": "#444444"}
+    titles, subs = _wrapped(fig, title, **title_style), _wrapped(fig, subtitle, **sub_style)
+    extra = TITLE_LINE_IN * (len(titles) - 1) + CAPTION_LINE_IN * (len(subs) - 1)
+    if extra:
+        old = fig.get_figheight()
+        fig.set_figheight(old + extra)
+        for ax in fig.axes:  # fixed layouts: the axes stay where they were, in inches
+            box = ax.get_position()
+            ax.set_position((box.x0, box.y0 * old / (old + extra), box.width,
+                             box.height * old / (old + extra)))
+    fig.permrl_header_in = HEADER_IN + extra  # read by _save's tight layout
     height = fig.get_figheight()
-    fig.suptitle(title, fontsize=13, fontweight="bold", y=1 - 0.06 / height, va="top")
-    fig.text(0.5, 1 - 0.36 / height, subtitle, ha="center", va="top", fontsize=9,
-             color="#444444")
+    fig.suptitle("\n".join(titles), y=1 - 0.06 / height, va="top", **title_style)
+    caption_top = 0.36 + TITLE_LINE_IN * (len(titles) - 1)
+    fig.text(0.5, 1 - caption_top / height, "\n".join(subs), ha="center", va="top", **sub_style)
 
 
 def _save(fig: Figure, out_png: str | Path, tight: bool = True) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     if tight:
+        header = getattr(fig, "permrl_header_in", HEADER_IN)
         fig.tight_layout(pad=0.6, h_pad=1.2, w_pad=1.2,
-                         rect=(0, 0, 1, 1 - HEADER_IN / fig.get_figheight()))
+                         rect=(0, 0, 1, 1 - header / fig.get_figheight()))
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
     return out
@@ -197,7 +228,7 @@ def plot_training_curves(run_dir: str | Path, out_png: str | Path) -> Path | Non
         if train:
             ax.plot([r["step"] for r in train], [r[f"{task}_loss"] for r in train],
                     color=colour, lw=1.5, label="training loss")
-            ax.legend(loc="upper right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
         else:
             ax.text(0.5, 0.5, "no training records", ha="center", transform=ax.transAxes)
         ax.set_title(f"{task} task: loss")
@@ -221,7 +252,7 @@ def plot_training_curves(run_dir: str | Path, out_png: str | Path) -> Path | Non
         ax.set_ylabel("permutation accuracy (%)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     _title(fig, f"Training curves: {run_label(run_dir)}",
            "Loss and accuracy of the permutation classifier on training batches (lines) and "
            "on held-out puzzles X_val (dots)")
@@ -294,11 +325,13 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
 # Fig. 5 -----------------------------------------------------------------------------------
 def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str | Path,
                         reference: dict[str, float] | None = None,
-                        metric: str = "kNN Top-1") -> Path | None:
+                        metric: str = "kNN Top-1",
+                        with_policy: Collection[str] = ()) -> Path | None:
     """Paper Fig. 5: kNN Top-1 (%) over training steps, one line per variant.
 
     ``curves`` maps a variant name to (step, top1) points (fractions or %); ``reference``
-    optionally maps a name (e.g. "random init") to a horizontal line.
+    optionally maps a name (e.g. "random init") to a horizontal line; the curves named in
+    ``with_policy`` (runs whose config has an adaptive sampler) are solid, the others dashed.
     """
     curves = {name: sorted(points) for name, points in curves.items() if points}
     if not curves:
@@ -310,7 +343,7 @@ def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str
         steps = [s for s, _ in points]
         values = [v * scale for _, v in points]
         ax.plot(steps, values, marker="o", ms=3.5, lw=1.6, color=cmap(i % 10), label=name,
-                ls="-" if "P" in re.split(r"[+_\s]", name) else "--")
+                ls="-" if name in with_policy else "--")
     for name, value in (reference or {}).items():
         value = value * 100 if value <= 1.0 and scale == 100.0 else value
         ax.axhline(value, color="grey", ls=":", lw=1.2)
@@ -322,12 +355,13 @@ def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="variant",
               title_fontsize=8)
     _title(fig, f"Fig. 5: {metric} nearest-neighbour retrieval during training",
-           "Cosine similarity of pool5 features, test items as queries; "
-           "solid = with policy (P), dashed = without")
+           "Cosine similarity of pool5 features, test items as queries; solid = an adaptive "
+           "sampler (config policy other than uniform), dashed = uniform")
     return _save(fig, out_png)
 
 
 # Fig. 6 -----------------------------------------------------------------------------------
+MIN_FIG6_COLUMNS = 4  # a panel is at least this many states wide
 def _step_ticks(ax, steps: np.ndarray) -> None:
     n = len(steps)
     idx = np.unique(np.linspace(0, n - 1, min(n, 6)).round().astype(int))
@@ -363,6 +397,11 @@ def plot_fig6_permutation_errors(with_policy_run: str | Path | None,
         image = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap="viridis",
                           vmin=0.0, vmax=1.0)
         _step_ticks(ax, steps)
+        if len(steps) < MIN_FIG6_COLUMNS:  # a state or two: narrow columns, not one wide band
+            ax.set_xlim(-0.5, MIN_FIG6_COLUMNS - 0.5)
+            ax.text((len(steps) + MIN_FIG6_COLUMNS - 1) / 2, rows.shape[0] / 2,
+                    f"only {len(steps)} state(s)\nrecorded", ha="center", va="center",
+                    fontsize=9, color="#555555")
         ax.set_xlabel(f"validation state ({len(steps)} in all; tick = training step)")
         ax.set_ylabel(f"permutation, sorted by mean error ({rows.shape[0]} rows)")
         ax.set_title(f"({letter}) {label}: {run_label(run)}", fontsize=10)
@@ -444,10 +483,11 @@ def plot_policy(run_dir: str | Path, out_png: str | Path, task: str = "spatial")
     x = np.arange(len(episodes))
     rewarded = [(xi, r) for xi, r in zip(x, episodes, strict=True) if r.get("reward") is not None]
     n_panels = 2 if rewarded else 1
-    width, height = max(7.5, min(14.0, 0.25 * len(x) + 5.5)), 3.5 * n_panels + 1.0
+    bottom = 0.95 if rewarded else 0.55  # (the reward panel's legend goes under its axis)
+    width, height = max(7.5, min(14.0, 0.25 * len(x) + 5.5)), 3.5 * n_panels + bottom + 0.45
     fig = plt.figure(figsize=(width, height))
     grid = fig.add_gridspec(n_panels, 2, width_ratios=(1, 0.025), wspace=0.03, hspace=0.25,
-                            left=1.1 / width, right=1 - 0.8 / width, bottom=0.55 / height,
+                            left=1.1 / width, right=1 - 0.8 / width, bottom=bottom / height,
                             top=1 - (HEADER_IN + 0.55) / height)
     ax = fig.add_subplot(grid[0, 0])
     vmax = max(float(np.nanmax(probs)), 2.0 / n_groups)
@@ -463,6 +503,7 @@ def plot_policy(run_dir: str | Path, out_png: str | Path, task: str = "spatial")
         ax.set_xlabel("policy episode")
     cbar = fig.colorbar(image, cax=fig.add_subplot(grid[0, 1]))
     cbar.set_label(f"policy probability (uniform = {1 / n_groups:.2f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # episodes are whole numbers
     _episode_axis(ax, episodes)
     if rewarded:
         ax = fig.add_subplot(grid[1, 0], sharex=ax)
@@ -476,7 +517,8 @@ def plot_policy(run_dir: str | Path, out_png: str | Path, task: str = "spatial")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_ylabel("reward (validation error)")
         ax.set_xlabel("policy episode")
-        ax.legend(fontsize=8, loc="best", framealpha=0.9)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+                  frameon=False)  # under the axis: never over a bar
         ax.grid(alpha=0.3)
     _title(fig, f"Policy over episodes ({task}, {run_label(run_dir)})",
            "Top: probabilities of the policy's actions (k-means groups of permutations); "

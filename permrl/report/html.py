@@ -228,6 +228,11 @@ def _uses_policy(config: dict[str, Any]) -> bool:
     return bool(policy) and str(policy).lower() not in {"none", "uniform", "random", "false"}
 
 
+def _policy_names(runs: dict[str, Path]) -> set[str]:
+    """The names whose run directory's config draws permutations adaptively."""
+    return {name for name, run_dir in runs.items() if _uses_policy(F.read_config(run_dir))}
+
+
 def _fmt(value: Any, percent: bool = True) -> str:
     if isinstance(value, float):
         return f"{100 * value:.1f}%" if percent and abs(value) <= 1 else f"{value:.4g}"
@@ -288,7 +293,8 @@ def _run_figures(page: _Page, run_dir: Path, prefix: str, *, fig6: bool = True,
     if fig5:
         curve = F.retrieval_curve(run_dir)
         page.figure(f"{prefix}fig5_retrieval",
-                    lambda p: F.plot_fig5_retrieval({label: curve}, p),
+                    lambda p: F.plot_fig5_retrieval(
+                        {label: curve}, p, with_policy=_policy_names({label: run_dir})),
                     f"Retrieval over training of {label}. " + CAPTIONS["fig5"])
     with_policy = _uses_policy(F.read_config(run_dir)) or bool(
         [r for r in F.read_metrics(run_dir) if "episode" in r])
@@ -438,7 +444,9 @@ def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "")
 
     page.section(f"{title}Paper figures", f"{prefix}paper-figures")
     curves = {v: F.retrieval_curve(first[v]) for v in variants}
-    if page.figure(f"{prefix}fig5_retrieval", lambda p: F.plot_fig5_retrieval(curves, p),
+    if page.figure(f"{prefix}fig5_retrieval",
+                   lambda p: F.plot_fig5_retrieval(curves, p,
+                                                   with_policy=_policy_names(first)),
                    "First seed of each variant. " + CAPTIONS["fig5"]) is None:
         page.add('<p class="muted">Fig. 5: no retrieval-over-training (knn_top1) records.</p>')
     pairs = policy_pairs(variants)
@@ -498,7 +506,9 @@ def _report_demo(page: _Page, root: Path) -> str:
     curves = {r.name: F.retrieval_curve(r) for r in runs}
     if any(curves.values()):
         page.section("Fig. 5: retrieval over training", "fig5")
-        page.figure("fig5_retrieval", lambda p: F.plot_fig5_retrieval(curves, p),
+        page.figure("fig5_retrieval",
+                    lambda p: F.plot_fig5_retrieval(
+                        curves, p, with_policy=_policy_names({r.name: r for r in runs})),
                     CAPTIONS["fig5"])
     for index, run_dir in enumerate(runs):
         page.section(f"Run {run_dir.name}", f"run-{_slug(run_dir.name)}")
@@ -506,7 +516,7 @@ def _report_demo(page: _Page, root: Path) -> str:
         _run_figures(page, run_dir, f"run{index:02d}_{_slug(run_dir.name)}_", fig6=not pairs,
                      fig5=False)
         page.add(_config_block(run_dir, collapsed=True))
-    return f"Demo {root.name}"
+    return f"permrl demo: {root.name}"
 
 
 def write_report(path: str | Path, out_html: str | Path | None = None) -> Path:

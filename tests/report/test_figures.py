@@ -150,3 +150,73 @@ def test_fig3_neighbours(tmp_path):
     assert width > height  # 6 columns, 2 rows
     assert F.plot_fig3_neighbours([], [], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+@pytest.fixture
+def kept_figures(monkeypatch):
+    """The figures a plot_* call saves, kept open (they are closed after saving otherwise)."""
+    kept = []
+    monkeypatch.setattr(F.plt, "close", kept.append)
+    return kept
+
+
+def text_outside(fig) -> list[str]:
+    """Titles, captions, axis labels and legend texts whose drawn extent leaves the figure
+    (tick labels are left out: matplotlib keeps undrawn ones for ticks outside the view)."""
+    fig.canvas.draw()
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    texts = list(fig.texts) + ([fig._suptitle] if fig._suptitle else [])
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        legend = ax.get_legend()
+        texts += list(legend.get_texts()) if legend else []
+    outside = []
+    for text in texts:
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        extent = text.get_window_extent(renderer)
+        if (extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y0 < box.y0 - 1
+                or extent.y1 > box.y1 + 1):
+            outside.append(text.get_text())
+    return outside
+
+
+def test_no_figure_text_is_clipped_even_for_one_task_and_a_long_name(tmp_path, kept_figures):
+    """A one-task run is a narrow figure: titles and captions wrap instead of running off."""
+    run = make_run(tmp_path / "a_rather_long_run_directory_name_for_a_narrow_figure" / "seed0",
+                   steps=(10, 20))
+    config = (run / "config.yaml").read_text().replace("- temporal\n", "")
+    (run / "config.yaml").write_text(config)
+    F.plot_training_curves(run, tmp_path / "train.png")
+    F.plot_fig4_quartiles(run, tmp_path / "fig4.png")
+    F.plot_policy(run, tmp_path / "policy.png")
+    F.plot_fig5_retrieval({"S": [(10, 0.2), (20, 0.3)]}, tmp_path / "fig5.png")
+    F.plot_fig6_permutation_errors(run, None, tmp_path / "fig6.png")
+    assert len(kept_figures) == 5
+    for fig in kept_figures:
+        assert text_outside(fig) == [], fig.texts[-1].get_text()
+
+
+def test_episode_axes_have_whole_ticks_and_fig5_styles_by_config(tmp_path, kept_figures):
+    run = make_run(tmp_path / "run", steps=(10, 20, 30))  # three episodes: 0, 1, 2
+    F.plot_policy(run, tmp_path / "policy.png")
+    F.plot_fig4_quartiles(run, tmp_path / "fig4.png")
+    for fig in kept_figures:
+        for ax in fig.axes:
+            if ax.get_xlabel() == "policy episode":
+                ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+                assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    kept_figures.clear()
+    # The style comes from the runs' configs, never from their names.
+    F.plot_fig5_retrieval({"mine": [(1, 0.2), (2, 0.3)], "S+T+P": [(1, 0.1), (2, 0.2)]},
+                          tmp_path / "fig5.png", with_policy={"mine"})
+    styles = {line.get_label(): line.get_linestyle() for line in kept_figures[0].axes[0].lines}
+    assert styles == {"mine": "-", "S+T+P": "--"}
+
+
+def test_fig6_with_one_state_is_a_narrow_column(tmp_path, kept_figures):
+    run = make_run(tmp_path / "run", steps=(10,))
+    F.plot_fig6_permutation_errors(run, None, tmp_path / "fig6.png")
+    ax = kept_figures[0].axes[0]
+    assert ax.get_xlim() == (-0.5, F.MIN_FIG6_COLUMNS - 0.5)
+    assert any("only 1 state" in t.get_text() for t in ax.texts)
