@@ -38,7 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config_file, args.preset, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force)
     if result.interrupted:  # checkpointed, and train said so
-        print("permrl: continue with the same command and --resume", file=sys.stderr)
+        if result.rank == 0:
+            print("permrl: continue with the same command and --resume", file=sys.stderr)
         return 128 + result.stop_signal
     if result.rank != 0:  # under torchrun rank 0 speaks for the run
         return 0

@@ -318,3 +318,13 @@ def test_a_policy_that_would_never_act_is_named_with_its_keys(overrides, culprit
     assert idle_policy(load_config(overrides=["policy=uniform", *overrides])) is None
     assert idle_policy(load_config(overrides=["policy=reinforce", "train.steps=105",
                                               "reinforce.sgd_steps=100"])) is None
+
+
+def test_the_example_config_files_load():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.policy == "reinforce" and cfg.tasks == ["spatial", "temporal"], path
