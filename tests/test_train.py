@@ -182,3 +182,14 @@ def test_metrics_are_mirrored_to_tensorboard_when_installed(tmp_path):
     events.Reload()
     steps = [e.step for e in events.Scalars("spatial_loss")]
     assert steps == [2, 4] and "spatial_val_accuracy" in events.Tags()["scalars"]
+
+
+def test_start_up_says_what_it_builds_before_the_first_step(tmp_path, capsys):
+    cfg = tiny("train.steps=1")
+    train(cfg, tmp_path / "run", progress=False)
+    err = capsys.readouterr().err.splitlines()
+    opening = [i for i, line in enumerate(err) if line.startswith("permrl: spatial: ")]
+    model = [i for i, line in enumerate(err) if line.startswith("permrl: model ")]
+    assert opening and model and opening[0] < model[0]
+    assert f"{cfg.spatial.permutations} permutations; opening {cfg.data.images}" in err[opening[0]]
+    assert "1 steps" in err[model[0]] and "on cpu" in err[model[0]]
