@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check permrl tests benchmarks
+
+lock: $(STAMP)  # after upgrading and testing: pin what .venv holds now
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -iv '^permrl' | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 clean:
 	rm -rf $(VENV) runs

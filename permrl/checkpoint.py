@@ -7,6 +7,11 @@ files beyond the newest `keep`. A crash at any moment
 leaves the previous checkpoint intact; a write that fails (disk full) raises `CheckpointError`
 and leaves it intact too. `load_checkpoint` verifies the checksum and, when a file is
 half-written or corrupt, falls back to the newest intact step file with a message.
+
+Nothing in a checkpoint runs code when it is read: files are written with tensors, numbers,
+strings and plain containers only (NumPy arrays travel as tensors under a `__numpy__` key and
+come back as arrays), and read with `torch.load(weights_only=True)`. A file that needs more
+(a crafted pickle, or a checkpoint of permrl 0.1) is refused with one line.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+NUMPY = "__numpy__"  # {NUMPY: tensor} stands for a NumPy array in a saved checkpoint
 
 
 class CheckpointError(ValueError):
@@ -52,6 +61,33 @@ def _link_atomic(target: Path, link: Path) -> None:
         raise
 
 
+def to_plain(obj: Any) -> Any:
+    """What `torch.load(weights_only=True)` can read: arrays as {NUMPY: tensor}, NumPy scalars
+    as Python numbers; tensors, numbers, strings, None and containers of them as they are."""
+    if isinstance(obj, np.ndarray):
+        return {NUMPY: torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_plain(v) for v in obj)
+    if obj is None or isinstance(obj, torch.Tensor | str | int | float | bool):
+        return obj
+    raise TypeError(f"a checkpoint holds plain data only, not {type(obj).__name__}")
+
+
+def from_plain(obj: Any) -> Any:
+    """The inverse of `to_plain`."""
+    if isinstance(obj, dict):
+        if set(obj) == {NUMPY}:
+            return obj[NUMPY].numpy()
+        return {k: from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(from_plain(v) for v in obj)
+    return obj
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save to `path` so that a crash leaves either the old file or the new one."""
     buffer = io.BytesIO()
@@ -73,7 +109,7 @@ def save_checkpoint(obj: dict[str, Any], run_dir: str | Path, step: int, keep: i
     """Write the checkpoint of `step` (see the module docstring); returns checkpoint.pt."""
     run_dir = Path(run_dir)
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(to_plain(obj), buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     step_path = run_dir / f"checkpoint-{step:08d}.pt"
@@ -109,7 +145,12 @@ def _read(path: Path) -> dict[str, Any]:
     if not _verified(path):
         raise CheckpointError(f"checkpoint {path} does not match its checksum")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = from_plain(torch.load(path, map_location="cpu", weights_only=True))
+    except pickle.UnpicklingError as e:  # the weights-only unpickler met code or objects
+        found = str(e).split("GLOBAL ")[1].split()[0] if "GLOBAL " in str(e) else "objects"
+        raise CheckpointError(
+            f"checkpoint {path} holds more than weights and plain data ({found}); refused, "
+            "nothing in it was run (permrl 0.1 checkpoints are refused too: retrain)") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:

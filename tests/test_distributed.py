@@ -76,7 +76,7 @@ def assert_same_policy(a: dict, b: dict) -> None:
     for task in ("spatial", "temporal"):
         sa, sb = a["sampler"][task], b["sampler"][task]
         assert sa["updates"] == sb["updates"] > 0
-        assert np.array_equal(sa["groups"].assignment, sb["groups"].assignment)
+        assert np.array_equal(sa["groups"]["assignment"], sb["groups"]["assignment"])
         assert [s for s, _ in sa["errors"]] == [s for s, _ in sb["errors"]]
         np.testing.assert_allclose([e for _, e in sa["errors"]], [e for _, e in sb["errors"]])
 

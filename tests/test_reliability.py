@@ -279,3 +279,43 @@ def test_an_unreadable_file_is_skipped(tmp_path):
     (tmp_path / "b.png").chmod(0)
     source = open_source(f"folder:{tmp_path}")
     assert source.load(0) is not None and source.load(1) is None
+
+
+class _Payload:
+    """What a crafted checkpoint could carry: unpickling it would create a file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_and_its_code_never_runs(tmp_path, capsys):
+    from permrl.cli import main
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "step": 1, "x": _Payload(str(marker))}, evil)
+    with pytest.raises(CheckpointError, match="holds more than weights and plain data"):
+        load_checkpoint(evil)
+    assert main(["eval", "knn", "--checkpoint", str(evil)]) == 2
+    assert "refused, nothing in it was run" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_checkpoints_round_trip_numpy_arrays_and_load_weights_only(tmp_path):
+    import numpy as np
+
+    from permrl.checkpoint import save_checkpoint
+
+    state = {"model": {"w": torch.ones(2)}, "config": {"seed": 0}, "step": 3,
+             "permutations": {"spatial": np.arange(6, dtype=np.int64).reshape(2, 3)},
+             "sampler": {"errors": [(1, np.float32(0.5)), (2, np.array([0.1, 0.2]))]}}
+    save_checkpoint(state, tmp_path, 3)
+    torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # plain data only
+    back = load_checkpoint(tmp_path / "checkpoint.pt")
+    np.testing.assert_array_equal(back["permutations"]["spatial"], state["permutations"]["spatial"])
+    assert back["permutations"]["spatial"].dtype == np.int64
+    assert back["sampler"]["errors"][0] == (1, 0.5)
+    np.testing.assert_array_equal(back["sampler"]["errors"][1][1], [0.1, 0.2])

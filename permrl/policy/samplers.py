@@ -11,6 +11,7 @@ only the learner that turns s_hat into group probabilities differs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import numpy as np
@@ -182,7 +183,8 @@ class PolicySampler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.learner.kind, "learner": self.learner.state_dict(),
-                "groups": self.groups, "s_hat": self.s_hat, "group_errors": self.group_errors,
+                "groups": dataclasses.asdict(self.groups) if self.groups else None,
+                "s_hat": self.s_hat, "group_errors": self.group_errors,
                 "errors": list(self.errors), "quartiles": self.quartiles,
                 "updates": self.updates, "episode": self.episode,
                 "episode_perms": self.episode_perms}
@@ -192,7 +194,9 @@ class PolicySampler:
             raise ValueError(f"sampler state is {state['kind']!r}, this run uses "
                              f"{self.learner.kind!r}")
         self.learner.load_state_dict(state["learner"])
-        self.groups, self.s_hat = state["groups"], state["s_hat"]
+        groups = state["groups"]
+        self.groups = PermutationGroups(**groups) if isinstance(groups, dict) else groups
+        self.s_hat = state["s_hat"]
         self.group_errors = state["group_errors"]
         self.errors, self.quartiles = list(state["errors"]), state["quartiles"]
         self.updates = state["updates"]
