@@ -331,10 +331,20 @@ def check_bad_fraction(cfg: Config, task: TaskData) -> None:
                        f"{cfg.data.max_bad_fraction}; fix or remove them, or raise the limit")
 
 
-def all_finite(loss: torch.Tensor, model: torch.nn.Module) -> bool:
+def all_finite(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """True (a bool tensor on the loss's device: no host sync) when the loss and every
+    gradient are finite."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     checks = [torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads]
-    return bool(torch.stack(checks).all())
+    return torch.stack(checks).all()
+
+
+def empty_window(names: list[str], device: torch.device) -> dict[str, dict[str, Any]]:
+    """Loss and correct counts of a logging window, kept on the device (read once per window,
+    not once per step); `seen` is known on the host."""
+    return {n: {"loss": torch.zeros((), dtype=torch.float64, device=device),
+                "correct": torch.zeros((), dtype=torch.long, device=device), "seen": 0}
+            for n in names}
 
 
 def handle_non_finite(cfg: Config, step: int, skips: int, optimizer, scheduler) -> int:
@@ -374,6 +384,8 @@ def no_buffer_sync() -> dict[str, bool]:
 def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -> DataLoader:
     """Batches of the steps (from `start`) at which this task trains, prefetched by workers."""
     steps = [s for s in range(start, cfg.train.steps) if data.name in active_tasks(cfg, s)]
+    # On a GPU the tiles are built there from uint8 crops; on the CPU, in the workers.
+    data.batches.build_in_worker = device.type == "cpu" and cfg.data.workers > 0
     return DataLoader(
         data.batches, batch_size=None, sampler=steps, num_workers=cfg.data.workers,
         prefetch_factor=4 if cfg.data.workers else None, pin_memory=device.type == "cuda",
@@ -399,6 +411,8 @@ def train(
     except DistributedError as e:
         raise RunError(str(e)) from None
     device = resolve_device(cfg.train.device, env)
+    if device.type == "cuda":  # fixed shapes every step: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     run_dir = Path(run_dir)
     new_dir = not run_dir.exists()
     env.start(device)
@@ -453,6 +467,7 @@ def train_processes(
                                 else build_permutations(cfg, name), env) for name in names}
     perms = {name: torch.from_numpy(t.permutations) for name, t in tasks.items()}
     reversal_twins_of = {name: torch.from_numpy(reversal_twins(p)) for name, p in perms.items()}
+    perms_on_device = {name: p.to(device) for name, p in perms.items()}
     if cfg.eval.knn_every:  # fail now, not after knn_every steps
         for spec in (cfg.eval.knn_train, cfg.eval.knn_test):
             if not (open_source(spec).labels >= 0).any():
@@ -551,9 +566,9 @@ def train_processes(
                unit="step", dynamic_ncols=True, file=sys.stderr)
     model.train()
     batch_size = cfg.train.batch_size
-    window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
+    window = empty_window(names, device)
     t0 = time.perf_counter()
-    loss_value, val_acc = float("nan"), {}
+    last_loss, val_acc = None, {}
     nan_skips, stopped = 0, None
     interrupted = GracefulStop()
     postfix_policy: dict[str, dict[str, Any]] = {}
@@ -593,11 +608,14 @@ def train_processes(
                 drawn = (task.sampler.draw(batch_size, gen, readable[k]) if env.is_main
                          else torch.zeros(batch_size, dtype=torch.long))
                 perm_index = env.broadcast(drawn)[batch["rows"]]
-                # 2. Shuffle (Eq. 1); the permutation index is the class.
-                mine = batch["parts"] if batch["parts"] is not None else no_parts(cfg, name)
-                parts[name] = shuffle_tiles(mine, perms[name], perm_index).to(device)
-                targets[name] = perm_index.to(device)
-            finite = True
+                # 2. Tiles (frames) built on the training device from the workers' uint8
+                #    crops, then shuffled (Eq. 1); the permutation index is the class.
+                mine = task.batches.parts(batch, device)
+                if mine is None:  # this process's shard is all unreadable
+                    mine = no_parts(cfg, name).to(device)
+                targets[name] = perm_index.to(device, non_blocking=True)
+                parts[name] = shuffle_tiles(mine, perms_on_device[name], targets[name])
+            finite = torch.ones((), dtype=torch.bool, device=device)
             if parts:
                 # 3. One forward for all tasks (one trunk call each), the losses summed (S+T)
                 #    and back-propagated once, down to conv1. Each process's summed loss is
@@ -608,17 +626,19 @@ def train_processes(
                     summed = F.cross_entropy(logits[name].float(), target, reduction="sum")
                     losses[name] = summed * env.world_size / kept[name]
                     w = window[name]
-                    w["loss"] += summed.item()
-                    w["correct"] += (logits[name].argmax(1) == target).sum().item()
+                    w["loss"] += summed.detach().double()
+                    w["correct"] += (logits[name].argmax(1) == target).sum()
                     w["seen"] += len(target)
                 loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 finite = all_finite(loss, model)
             # Every process takes the same decisions: skip a non-finite step, stop on a signal.
-            agreed = env.sum(torch.tensor([
-                float(not finite), float(interrupted.name is not None),
-                loss.item() if parts else 0.0], dtype=torch.float64))
+            # One host sync per step: these two flags, summed over the processes.
+            agreed = env.sum(torch.stack([
+                (~finite).double(),
+                torch.tensor(float(interrupted.name is not None), dtype=torch.float64,
+                             device=device)])).tolist()
             if parts:
                 if agreed[0] == 0:
                     optimizer.step()
@@ -627,14 +647,17 @@ def train_processes(
                     nan_skips = handle_non_finite(cfg, step + 1, nan_skips, optimizer, scheduler)
                     for buffer, before in zip(bn_buffers, bn_before, strict=True):
                         buffer.copy_(before)
-                loss_value = agreed[2].item() / env.world_size
+                last_loss = loss.detach().double()  # read once, after the loop
             scheduler.step()
             # 4. Bookkeeping: progress bar, metrics, held-out validation, checkpoint.
             done = step + 1
             if done % cfg.train.log_every == 0 or done in (cfg.train.steps, stop_at):
                 elapsed = time.perf_counter() - t0
-                totals = env.sum(torch.tensor([[w["loss"], w["correct"], w["seen"]]
-                                               for w in window.values()], dtype=torch.float64))
+                totals = env.sum(torch.stack([  # the window's one host sync
+                    torch.stack([w["loss"], w["correct"].double(),
+                                 torch.tensor(float(w["seen"]), dtype=torch.float64,
+                                              device=device)])
+                    for w in window.values()])).cpu()
                 record: dict[str, Any] = {"step": done, "lr": scheduler.get_last_lr()[0]}
                 postfix = {}
                 for n, episode in postfix_policy.items():
@@ -649,7 +672,7 @@ def train_processes(
                            "skipped": sum(t.unreadable for t in tasks.values())}
                 log.write(record)
                 bar.set_postfix(postfix | {"samples_s": f"{record['samples_per_s']:.0f}"})
-                window = {n: {"loss": 0.0, "correct": 0, "seen": 0} for n in names}
+                window = empty_window(names, device)
                 t0 = time.perf_counter()
             # 5. The policy (Sect. 3.2): after N SGD iterations the state s_t regroups Psi and
             #    fixes s_hat; the next K mini-batches are the episode; after them E_{t+1} gives
@@ -697,6 +720,11 @@ def train_processes(
     for name, t in tasks.items():
         if t.skips.count:
             print(f"{t.skips.warning_line()} [{name}, whole run]", file=sys.stderr)
+    # The last step's loss, the mean over the global batch (every process sums its share).
+    has_loss = env.sum(torch.tensor(float(last_loss is not None), device=device)).item()
+    loss_value = float("nan")
+    if has_loss == env.world_size:
+        loss_value = env.sum(last_loss).item() / env.world_size
     return RunResult(run_dir, stopped or cfg.train.steps, loss_value, val_acc,
                      sum(t.unreadable for t in tasks.values()),
                      # (a process stopped by its peers' signal reports SIGTERM)

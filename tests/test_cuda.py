@@ -55,3 +55,18 @@ def test_sync_batchnorm_on_cuda_keeps_the_state_dict():
     synced = synchronise_batchnorm(model, torch.device("cuda"))
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
     assert set(synced.state_dict()) == keys
+
+
+def test_tiles_and_frames_built_on_cuda_equal_the_cpu_ones():
+    """The step's random draws come from its CPU generator wherever the tiles are built, so a
+    GPU batch is the CPU batch up to float rounding of the jitter (pow, exp)."""
+    from permrl.train import model_tasks, prepare_task
+
+    cfg = load_config(overrides=TINY)
+    for task in model_tasks(cfg):
+        from permrl.train import build_permutations
+
+        data = prepare_task(cfg, task, build_permutations(cfg, task))
+        batch = data.batches[3]
+        cpu, gpu = data.batches.parts(batch, "cpu"), data.batches.parts(batch, "cuda")
+        torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)

@@ -212,9 +212,10 @@ def test_state_shards_are_whole_sample_chunks():
 def shards_of(make, world: int, step: int):
     parts, rows, skipped = [], [], []
     for rank in range(world):
-        out = make(rank, world)[step]
-        if out["parts"] is not None:
-            parts.append(out["parts"])
+        batches = make(rank, world)
+        out = batches[step]
+        if out["uint8"] is not None:
+            parts.append(batches.parts(out))
         rows.append(out["rows"])
         skipped += out["skipped"]
     return torch.cat(parts), torch.cat(rows), skipped

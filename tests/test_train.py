@@ -193,3 +193,27 @@ def test_start_up_says_what_it_builds_before_the_first_step(tmp_path, capsys):
     assert opening and model and opening[0] < model[0]
     assert f"{cfg.spatial.permutations} permutations; opening {cfg.data.images}" in err[opening[0]]
     assert "1 steps" in err[model[0]] and "on cpu" in err[model[0]]
+
+
+def test_the_loop_reads_scalars_from_the_device_per_window_not_per_step(tmp_path, monkeypatch):
+    """Loss and accuracy stay on the device between logging windows: the number of `.item()`
+    reads in permrl's code does not grow with the steps of a window (it did: three per task
+    and step). (torch's own optimiser reads its CPU step counters; those are not counted.)"""
+    import sys as _sys
+
+    calls = {"n": 0}
+    real_item = torch.Tensor.item
+
+    def counted(self):
+        if _sys._getframe(1).f_globals.get("__name__", "").startswith("permrl"):
+            calls["n"] += 1
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    counts = []
+    for steps in (10, 30):
+        calls["n"] = 0
+        train(tiny(f"train.steps={steps}", f"train.log_every={steps}", "train.val_every=0",
+                   f"train.checkpoint_every={steps}"), tmp_path / f"run{steps}", progress=False)
+        counts.append(calls["n"])
+    assert counts[0] == counts[1], counts

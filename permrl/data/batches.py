@@ -95,6 +95,18 @@ class StepBatches(Dataset):
         self.indices, self.batch_size, self.seed, self.stream = indices, batch_size, seed, stream
         self.positions = shard_positions(batch_size, rank, world_size)
 
+    build_in_worker = False  # True: `parts` runs in the DataLoader worker (a CPU run, where
+    # the worker's core is otherwise idle); False: on the training device in the main process
+
+    def finished(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.build_in_worker:
+            batch["parts"], batch["uint8"] = self.parts(batch), None
+        return batch
+
+    def parts(self, batch: dict[str, Any], device: torch.device | str = "cpu"
+              ) -> torch.Tensor | None:
+        raise NotImplementedError
+
     def items_of_step(self, step: int) -> np.ndarray:
         """Items of a step: a seeded permutation per epoch, consumed batch by batch."""
         n = len(self.indices)
@@ -143,9 +155,10 @@ class PuzzleBatches(StepBatches):
         self.grey_prob, self.jitter = grey_prob, colour_jitter
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        """{"parts": tiles of the readable items of this shard (None if none), "rows": their
-        positions in the global batch, "skipped": descriptions of the unreadable ones}."""
-        rng, gen = self.generators(step)
+        """{"uint8": the readable images of this shard, cropped to the puzzle size (B, 3, S, S;
+        None if none), "rows": their positions in the global batch, "skipped": descriptions of
+        the unreadable ones}. `parts` turns them into tiles on the training device."""
+        rng, _ = self.generators(step)
         size = self.geometry.image_size
         scaled = round(size * 256 / 225)
         corners = rng.integers(0, scaled - size + 1, size=(self.batch_size, 2))
@@ -159,14 +172,22 @@ class PuzzleBatches(StepBatches):
             top, left = corners[j]
             images.append(big[top : top + size, left : left + size])
             rows.append(j)
-        parts = None
-        if images:
-            batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-            parts = make_tiles(batch, self.geometry, train=True, grey_prob=self.grey_prob,
-                               jitter_strength=self.jitter, generator=gen,
-                               draw=DrawRows(self.batch_size, torch.tensor(rows)))
-        return {"step": step, "parts": parts, "rows": torch.tensor(rows, dtype=torch.long),
-                "skipped": skipped}
+        uint8 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) if images else None
+        return self.finished({"step": step, "uint8": uint8,
+                              "rows": torch.tensor(rows, dtype=torch.long), "skipped": skipped})
+
+    def parts(self, batch: dict[str, Any], device: torch.device | str = "cpu"
+              ) -> torch.Tensor | None:
+        """The batch's normalised tiles (B, m*m, 3, t, t), cut, jittered and greyed on `device`
+        with the step's random draws (made on the CPU generator: the same on every device)."""
+        if "parts" in batch:  # built in the worker (training on the CPU)
+            return batch["parts"]
+        if batch["uint8"] is None:
+            return None
+        _, gen = self.generators(batch["step"])
+        return make_tiles(batch["uint8"].to(device, non_blocking=True), self.geometry,
+                          train=True, grey_prob=self.grey_prob, jitter_strength=self.jitter,
+                          generator=gen, draw=DrawRows(self.batch_size, batch["rows"]))
 
 
 def read_clip(
@@ -209,8 +230,8 @@ class ClipBatches(StepBatches):
         self.grey_prob, self.jitter = grey_prob, colour_jitter
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        """As `PuzzleBatches`: this shard's clips, their rows, the unreadable ones."""
-        _, gen = self.generators(step)
+        """As `PuzzleBatches`: this shard's clips as uint8 (B, u, 3, S, S), cropped and resized,
+        frames in temporal order; their rows; the unreadable ones."""
         clips, rows, skipped = [], [], []
         for j, i in self.shard_items(step):
             clip = read_clip(self.source, i, rng=self.item_rng(step, j), **self.clip)
@@ -219,13 +240,22 @@ class ClipBatches(StepBatches):
                 continue
             clips.append(clip)
             rows.append(j)
-        parts = None
-        if clips:
-            parts = make_clip_frames(torch.stack(clips), train=True, grey_prob=self.grey_prob,
-                                     jitter_strength=self.jitter, generator=gen,
-                                     draw=DrawRows(self.batch_size, torch.tensor(rows)))
-        return {"step": step, "parts": parts, "rows": torch.tensor(rows, dtype=torch.long),
-                "skipped": skipped}
+        uint8 = torch.stack(clips) if clips else None
+        return self.finished({"step": step, "uint8": uint8,
+                              "rows": torch.tensor(rows, dtype=torch.long), "skipped": skipped})
+
+    def parts(self, batch: dict[str, Any], device: torch.device | str = "cpu"
+              ) -> torch.Tensor | None:
+        """The batch's normalised frames (B, u, 3, S, S), greyed and jittered on `device` with
+        the step's random draws, not yet shuffled."""
+        if "parts" in batch:  # built in the worker (training on the CPU)
+            return batch["parts"]
+        if batch["uint8"] is None:
+            return None
+        _, gen = self.generators(batch["step"])
+        return make_clip_frames(batch["uint8"].to(device, non_blocking=True), train=True,
+                                grey_prob=self.grey_prob, jitter_strength=self.jitter,
+                                generator=gen, draw=DrawRows(self.batch_size, batch["rows"]))
 
 
 def validation_tiles(

@@ -73,6 +73,12 @@ class DrawRows:
         return cls(batch, torch.arange(batch))
 
 
+def draw_device(generator: torch.Generator | None, device) -> torch.device | None:
+    """Where a step's random numbers are drawn: on its generator's device (a CPU generator for
+    the batches, so the draws, and a resumed run, do not depend on where the tiles are built)."""
+    return generator.device if generator is not None else device
+
+
 def random_offsets(batch: int, geometry: PuzzleGeometry, generator=None, device=None):
     """Uniform jitter of each tile inside its cell: (B, m*m, 2)."""
     return torch.randint(
@@ -126,7 +132,8 @@ def colour_jitter(
         return tiles
     draw = draw or DrawRows.all(tiles.shape[0])
     shape = (draw.batch, tiles.shape[1], 1, 1, 1)
-    u = torch.rand((2, *shape), generator=generator, device=tiles.device)[:, draw.rows]
+    here = draw_device(generator, tiles.device)
+    u = torch.rand((2, *shape), generator=generator, device=here)[:, draw.rows].to(tiles.device)
     saturation = 1 + strength * (2 * u[0] - 1)
     gamma = torch.exp(strength * (2 * u[1] - 1))
     grey = to_grey(tiles)
@@ -157,10 +164,12 @@ def make_tiles(
     dev = images.device
     draw = draw or DrawRows.all(b)
     grey = None
+    here = draw_device(generator, dev)
     if train:
-        offsets = random_offsets(draw.batch, g, generator, dev)[draw.rows]
+        offsets = random_offsets(draw.batch, g, generator, here)[draw.rows].to(dev)
         if grey_prob > 0:
-            grey = torch.rand(draw.batch, generator=generator, device=dev)[draw.rows] < grey_prob
+            grey = torch.rand(draw.batch, generator=generator, device=here)[draw.rows] < grey_prob
+            grey = grey.to(dev)
     else:
         offsets = centre_offsets(b, g, dev)
     # Cut the uint8 images first (4x less memory traffic), then convert the tiles only.
@@ -257,8 +266,9 @@ def make_clip_frames(
     x = clips.float().div_(255)
     draw = draw or DrawRows.all(x.shape[0])
     if train and grey_prob > 0:
-        grey = torch.rand(draw.batch, generator=generator, device=x.device)[draw.rows] < grey_prob
-        x = torch.where(grey[:, None, None, None, None], to_grey(x), x)
+        here = draw_device(generator, x.device)
+        grey = torch.rand(draw.batch, generator=generator, device=here)[draw.rows] < grey_prob
+        x = torch.where(grey.to(x.device)[:, None, None, None, None], to_grey(x), x)
     if train:
         x = colour_jitter(x, jitter_strength, generator, draw)
     return normalise_tiles(x)

@@ -124,9 +124,10 @@ def test_clip_batches_count_skips_and_keep_the_rest():
                           crop_min=0.5, batch_size=5, seed=0, grey_prob=0.0, colour_jitter=0.0)
     batch = batches[0]
     assert sorted(batch["skipped"]) == ["video1", "video3"]
-    assert batch["parts"].shape == (3, 4, 3, 8, 8)
+    assert batch["uint8"].shape == (3, 4, 3, 8, 8) and batch["uint8"].dtype == torch.uint8
+    assert batches.parts(batch).shape == (3, 4, 3, 8, 8)
     again = batches[0]  # the data of a step is a pure function of (seed, step)
-    assert torch.equal(batch["parts"], again["parts"])
+    assert torch.equal(batches.parts(batch), batches.parts(again))
 
 
 def test_validation_clips_are_deterministic_and_count_skips():
