@@ -115,8 +115,8 @@ def normalise_tiles(tiles: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def to_grey(x: torch.Tensor) -> torch.Tensor:
     """Luma (ITU-R 601) replicated over the channel dim (dim -3)."""
-    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
-    luma = (x * w[:, None, None]).sum(dim=-3, keepdim=True)
+    r, g, b = x.unbind(dim=-3)  # (the same sum, in the same order, as a weighted channel sum,
+    luma = (r * 0.299 + g * 0.587 + b * 0.114).unsqueeze(-3)  # without its 3x temporary)
     return luma.expand_as(x)
 
 
@@ -137,8 +137,9 @@ def colour_jitter(
     saturation = 1 + strength * (2 * u[0] - 1)
     gamma = torch.exp(strength * (2 * u[1] - 1))
     grey = to_grey(tiles)
-    tiles = (grey + saturation * (tiles - grey)).clamp(0, 1)
-    return tiles.clamp_min(1e-6) ** gamma
+    # grey + saturation (tiles - grey), clamped, then the gamma: in place on one temporary
+    out = (tiles - grey).mul_(saturation).add_(grey).clamp_(0, 1).clamp_min_(1e-6)
+    return out.pow_(gamma)
 
 
 def make_tiles(
