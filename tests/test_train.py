@@ -217,3 +217,19 @@ def test_the_loop_reads_scalars_from_the_device_per_window_not_per_step(tmp_path
                    f"train.checkpoint_every={steps}"), tmp_path / f"run{steps}", progress=False)
         counts.append(calls["n"])
     assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize("where", ["none", "grad-nan", "grad-inf", "loss-nan", "loss-inf"])
+def test_all_finite_equals_the_check_of_every_tensor(where):
+    from permrl.train import all_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    loss = model(torch.randn(5, 3)).pow(2).mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    if where.startswith("grad"):
+        grads[2][1, 3] = float("nan") if where == "grad-nan" else float("inf")
+    if where.startswith("loss"):
+        loss = loss.detach() * (float("nan") if where == "loss-nan" else float("inf"))
+    naive = bool(torch.isfinite(loss).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+    assert bool(all_finite(loss, model)) is naive
