@@ -1,4 +1,4 @@
-"""Benchmark greedy permutation-set selection (SPEC section 2).
+"""Benchmark greedy permutation-set selection (docs/design.md §2).
 
 Times select_permutations(1000, 9, seed=0) for both criteria, and compares the first 50 picks
 against a naive loop that recomputes distances to the whole chosen set every step (the approach

@@ -4,7 +4,7 @@ schedule: N = 100 SGD iterations, episodes of K = 5 mini-batches). Run:
 
 Both runs use the same seed, data (`demo?count=1000`, rendered once before timing), one
 DataLoader worker and no periodic validation (one final validation each), so the difference
-is what the policy adds: two exact states per cycle (SPEC 6), k-means, the REINFORCE update.
+is what the policy adds: two exact states per cycle (design §6), k-means, the REINFORCE update.
 The paper reports about 1.4 (40% extra training time); this project's target is <= 1.10.
 """
 

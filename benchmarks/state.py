@@ -1,4 +1,4 @@
-"""Naive vs cached policy state (SPEC 6) at |Psi| = 1000, |X_val| = 100. Run:
+"""Naive vs cached policy state (design §6) at |Psi| = 1000, |X_val| = 100. Run:
     python benchmarks/state.py [--naive-perms N] [--only cpu-spatial,paper-spatial,cpu-temporal]
 
 For each head (random weights, eval mode, random validation parts) it times

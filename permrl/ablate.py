@@ -1,8 +1,8 @@
 """The ablation of Table 5: every variant for every seed with identical budgets, one table.
 
-Variants (SPEC 7): S, S+P, T, T+P, S&T (spatial for half the steps, then temporal from those
+Variants (design §7): S, S+P, T, T+P, S&T (spatial for half the steps, then temporal from those
 weights), S+T, S+T+P; and the adaptive baselines over the same groups (`policy: exp3`,
-`policy: hardness`, SPEC 5) as S+exp3, S+hardness, T+..., S+T+.... Each cell (variant, seed)
+`policy: hardness`, design §5) as S+exp3, S+hardness, T+..., S+T+.... Each cell (variant, seed)
 is a normal run directory `OUT/<variant>/seed<k>/` trained with the same config except the
 variant's keys and the seed, then evaluated with the same retrieval protocol (image kNN on
 `eval.knn_train/knn_test`).
@@ -35,6 +35,7 @@ from permrl.config import (
     load_config,
 )
 from permrl.evaluate.run import knn, load_trunk
+from permrl.files import write_atomic
 from permrl.run_dir import Interrupted
 from permrl.train import RunError, train
 
@@ -98,9 +99,7 @@ def run_cell(cfg: Config, run_dir: Path, variant: str, seed: int) -> dict[str, A
     result = knn(trunk, cfg, cfg.eval.knn_train, cfg.eval.knn_test)
     cell = {"variant": variant, "seed": seed, "run_dir": str(run_dir), "steps": cfg.train.steps,
             "knn": result, "puzzle_accuracy": run.val_accuracy}
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell, indent=2))
-    tmp.replace(done)
+    write_atomic(done, json.dumps(cell, indent=2))
     return cell
 
 

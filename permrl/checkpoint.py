@@ -22,31 +22,19 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from permrl.files import write_atomic
+
 NUMPY = "__numpy__"  # {NUMPY: tensor} stands for a NumPy array in a saved checkpoint
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or written: one line naming the file."""
-
-
-def _write_atomic(data: bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _link_atomic(target: Path, link: Path) -> None:
@@ -92,7 +80,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save to `path` so that a crash leaves either the old file or the new one."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _write_atomic(buffer.getvalue(), Path(path))
+    write_atomic(path, buffer.getvalue())
 
 
 def step_files(run_dir: Path) -> list[tuple[int, Path]]:
@@ -115,8 +103,8 @@ def save_checkpoint(obj: dict[str, Any], run_dir: str | Path, step: int, keep: i
     step_path = run_dir / f"checkpoint-{step:08d}.pt"
     latest = run_dir / "checkpoint.pt"
     try:
-        _write_atomic(data, step_path)
-        _write_atomic(f"{digest}  {step_path.name}\n".encode(), Path(f"{step_path}.sha256"))
+        write_atomic(step_path, data)
+        write_atomic(f"{step_path}.sha256", f"{digest}  {step_path.name}\n")
         _link_atomic(step_path, latest)
         Path(f"{latest}.sha256").unlink(missing_ok=True)  # a copy's sidecar (permrl <= 0.2)
     except OSError as e:

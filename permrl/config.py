@@ -113,7 +113,7 @@ class EvalConfig:
 
 @dataclass
 class ReinforceConfig:
-    """The permutation policy (Sect. 3.2, SPEC 5); each task has its own."""
+    """The permutation policy (Sect. 3.2, design §5); each task has its own."""
 
     sgd_steps: int = 100  # N: SGD iterations with the policy fixed between episodes
     episode_batches: int = 5  # K: mini-batches of actions per episode

@@ -1,4 +1,4 @@
-"""Training on several processes (SPEC 8): `torchrun` + DistributedDataParallel.
+"""Training on several processes (design §8): `torchrun` + DistributedDataParallel.
 
 `torchrun --nproc_per_node N -m permrl train ...` starts N copies of `permrl train`; each finds
 RANK / WORLD_SIZE / LOCAL_RANK in its environment (`Distributed.from_environment`) and joins one

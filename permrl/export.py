@@ -10,8 +10,6 @@ that its output equals the trunk's.
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from permrl.files import atomic_path
 from permrl.models.trunk import BLOCKS, CaffeNetBN, ConvBN, caffe_pool
 
 FORMATS = ("state-dict", "torchscript", "onnx")
@@ -93,18 +92,10 @@ def load_folded(path: str | Path) -> nn.Sequential:
 
 
 def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """`write(tmp)` into a temporary file next to `path`, then rename it over `path`."""
+    """`write(tmp)` into a temporary file next to `path`, then renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

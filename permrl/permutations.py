@@ -1,4 +1,4 @@
-"""Permutation sets Psi (SPEC section 2, paper Sect. 3.1).
+"""Permutation sets Psi (docs/design.md §2, paper Sect. 3.1).
 
 Greedy maximal-Hamming selection of a permutation set, the Eq. 1 convention for applying a
 permutation to parts, and validated, checksummed storage of a set.
@@ -13,11 +13,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from permrl.files import atomic_path, write_atomic
 
 __all__ = [
     "CRITERIA",
@@ -346,21 +347,6 @@ def _sidecar(path: str | os.PathLike[str]) -> str:
     return os.fspath(path) + ".json"
 
 
-def _atomic_write(path: str, write: Any) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_permutations(path: str | os.PathLike[str], perms: Any, seed: int, criterion: str) -> str:
     """Write ``perms`` (int64 ``.npy``) and a ``path + ".json"`` sidecar, atomically.
 
@@ -376,9 +362,10 @@ def save_permutations(path: str | os.PathLike[str], perms: Any, seed: int, crite
         "size": int(arr.shape[1]),
     }
     target = os.fspath(path)
-    _atomic_write(target, lambda fh: np.save(fh, arr, allow_pickle=False))
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
     text = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(_sidecar(target), lambda fh: fh.write(text))
+    write_atomic(_sidecar(target), text)
     return checksum
 
 

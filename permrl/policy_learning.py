@@ -24,6 +24,7 @@ from typing import Any
 
 from permrl.checkpoint import load_checkpoint
 from permrl.config import ADAPTIVE_POLICIES, Config, ConfigError, config_with
+from permrl.files import write_atomic
 from permrl.run_dir import Interrupted
 from permrl.train import RunError, train
 
@@ -117,7 +118,5 @@ def policy_learning(checkpoint: str | Path, out: str | Path, episodes: int, *,
         summary.setdefault("reward_signal", {})[task] = reward_signal(records, task)
         png = plot_fig4_quartiles(out, out / f"fig4_{task}.png", task)
         summary["figures"][task] = str(png)
-    tmp = out / "fig4.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "fig4.json")
+    write_atomic(out / "fig4.json", json.dumps(summary, indent=2) + "\n")
     return summary

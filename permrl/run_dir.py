@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from permrl.config import TASKS, Config, config_differences, config_from_dict
+from permrl.files import atomic_path
 from permrl.policy.state import NetworkState
 
 
@@ -55,9 +56,8 @@ class PermutationErrors:
         for task, rows in self.rows.items():
             arrays[f"{task}_steps"] = np.array([s for s, _ in rows], dtype=np.int64)
             arrays[f"{task}_errors"] = np.stack([e for _, e in rows])
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(self.path)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
 
 
 def parsed_step(line: str) -> int | None:

@@ -97,7 +97,7 @@ def model_tasks(cfg: Config) -> list[str]:
 
 
 def build_model(cfg: Config) -> OrderingNet:
-    """CaffeNet-BN trunk + one head per task, each sized by its parts (tiles, frames) (SPEC 4)."""
+    """CaffeNet-BN trunk + one head per task, each sized by its parts (design §4)."""
     m = cfg.model
     trunk = CaffeNetBN(width=m.width, conv1_stride=m.conv1_stride)
     heads: dict[str, torch.nn.Module] = {}
@@ -236,7 +236,7 @@ def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSa
 
 
 def policy_phase(cfg: Config, done: int) -> str | None:
-    """Where `done` iterations fall in the schedule of Sect. 3.2 (SPEC 5).
+    """Where `done` iterations fall in the schedule of Sect. 3.2 (design §5).
 
     Cycles of N SGD iterations with the policy fixed, then an episode of K mini-batches:
     "episode_start" after the N iterations (validate -> s_t, groups, s_hat), "episode_end"
@@ -255,7 +255,7 @@ def puzzle_accuracy(
     """Accuracy over all |Psi| x |X_val| permuted validation samples: 1 - Eq. 6 error.
 
     The trunk and fc6 run once per validation tile (frame); every permutation is then evaluated
-    from the cached features (exact in eval mode, SPEC 6).
+    from the cached features (exact in eval mode, design §6).
     """
     return 1.0 - compute_state(model, task, val_parts, permutations).error
 
@@ -529,7 +529,7 @@ def train_processes(
         permutation_errors.save()
 
     def state_of(name: str, step: int) -> NetworkState:
-        """Eq. 3, 4, 6 on the task's X_val (exact, from cached features: SPEC 6); X_val is
+        """Eq. 3, 4, 6 on the task's X_val (exact, from cached features: design §6); X_val is
         split across the processes and the state gathered on all of them."""
         state = sharded_state(model, name, tasks[name].val_parts, perms[name], env)
         permutation_errors.add(name, step, state)

@@ -1,4 +1,4 @@
-"""Several processes (torchrun + DDP, gloo on CPU) give what one process gives (SPEC 8).
+"""Several processes (torchrun + DDP, gloo on CPU) give what one process gives (design §8).
 
 The end-to-end test launches `torchrun --nproc_per_node 2 -m permrl train` on a short S+T+P run
 and compares it with one in-process run of the same global batch: same permutations drawn, same

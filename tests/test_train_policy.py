@@ -96,7 +96,7 @@ def test_s_plus_t_plus_p_logs_episodes_and_saves_the_sampler(tmp_path, policy):
         (3, "spatial"), (3, "temporal"), (6, "spatial"), (6, "temporal"),
         (9, "spatial"), (9, "temporal")]
     first, later = episodes[0], episodes[2]
-    assert "reward" not in first  # no reward until two errors exist (SPEC 5)
+    assert "reward" not in first  # no reward until two errors exist (design §5)
     for key in ("group_sizes", "group_medians", "group_errors", "policy_probs", "chosen_groups",
                 "chosen_quartiles", "error_before", "error_after", "reward", "sampler"):
         assert key in later, key

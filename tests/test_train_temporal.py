@@ -1,4 +1,4 @@
-"""Temporal task and the training modes T, S+T and S&T (SPEC 4), on demo clips and real files."""
+"""Temporal task and the training modes T, S+T and S&T (design §4), on demo clips and real files."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ process by the sampler (later: the policy), so nothing here depends on them. Bec
 data depends on nothing else, a resumed run sees exactly the data the interrupted one would
 have, whatever the number of workers.
 
-Also here: the held-out validation split X_val and its deterministic views (SPEC 3).
+Also here: the held-out validation split X_val and its deterministic views (design §3).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def split_validation(
     num_items: int, val_size: int, seed: int, what: str = "image"
 ) -> tuple[np.ndarray, np.ndarray]:
     """X_val: `validation_size(num_items, val_size)` items drawn with the seed and excluded
-    from training (SPEC 3)."""
+    from training (design §3)."""
     size = validation_size(num_items, val_size)
     if size < 1 or num_items < size + 1:
         given = f"train.val_size={val_size}" if val_size else "train.val_size=0 (auto)"
@@ -138,7 +138,7 @@ class StepBatches(Dataset):
 
 
 class PuzzleBatches(StepBatches):
-    """Spatial task: jigsaw tiles of a step's images (SPEC 3).
+    """Spatial task: jigsaw tiles of a step's images (design §3).
 
     Each image is resized so its shorter side is 256/225 of the puzzle size and a random square
     crop of the puzzle size is taken (the jigsaw recipe), then cut into jittered,
@@ -194,7 +194,7 @@ def read_clip(
     source: VideoSourceLike, i: int, frames: int, stride_min: int, stride_max: int,
     crop_min: float, size: int, rng: np.random.Generator | None,
 ) -> torch.Tensor | None:
-    """uint8 (u, 3, size, size): u frames in temporal order, one crop for all (SPEC 3).
+    """uint8 (u, 3, size, size): u frames in temporal order, one crop for all (design §3).
 
     `rng` None gives the deterministic validation view. None when the video cannot be read or is
     shorter than the clip. A video whose header promised more frames than it decodes is retried

@@ -1,4 +1,4 @@
-"""Jigsaw puzzles and shuffled clips, built in batch on tensors (SPEC 3).
+"""Jigsaw puzzles and shuffled clips, built in batch on tensors (design §3).
 
 Image (square, grid*cell px) -> m x m grid of cells -> from each cell a tile (random position
 inside the cell: jitter; centred for deterministic validation views) -> per-tile colour jitter ->
@@ -191,7 +191,7 @@ def shuffle_tiles(
     return tiles[batch_idx, order]  # whole tiles are copied (~10x faster than take_along_dim)
 
 
-# Temporal samples (SPEC 3): u frames in order, one crop per clip, per-frame jitter. ----------
+# Temporal samples (design §3): u frames in order, one crop per clip, per-frame jitter. ----------
 
 
 def clip_window(

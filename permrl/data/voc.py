@@ -1,4 +1,4 @@
-"""Pascal VOC 2007: annotations, object crops (retrieval, SPEC 7) and whole images (multi-label).
+"""Pascal VOC 2007: annotations, object crops (retrieval, design §7) and whole images (multi-label).
 
 Layout: either `ROOT/VOCdevkit/VOC2007/...` or `ROOT` itself being the VOC2007 folder, which
 holds `Annotations/<id>.xml`, `JPEGImages/<id>.jpg` and `ImageSets/Main/<subset>.txt` (one image
@@ -30,7 +30,7 @@ VOC_CLASSES: tuple[str, ...] = (
 VOC_SUBSETS: tuple[str, ...] = ("trainval", "test", "train", "val")
 
 MIN_CROP_PIXELS = 10_000
-"""Object crops with fewer pixels (box width x height) are dropped (SPEC 7, after the paper)."""
+"""Object crops with fewer pixels (box width x height) are dropped (design §7, after the paper)."""
 
 
 @dataclass(frozen=True)

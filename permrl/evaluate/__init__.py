@@ -1,1 +1,1 @@
-"""Evaluation of trained trunks: nearest-neighbour retrieval, probes, fine-tuning (SPEC 7)."""
+"""Evaluation of trained trunks: nearest-neighbour retrieval, probes, fine-tuning (design §7)."""

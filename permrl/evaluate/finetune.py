@@ -1,4 +1,4 @@
-"""Fine-tuning (SPEC 7, paper Tables 3-5): conv1..conv5 initialised from a trunk, new fc6-fc8,
+"""Fine-tuning (design §7, paper Tables 3-5): conv1..conv5 initialised from a trunk, new fc6-fc8,
 the whole network trained on a labelled set.
 
 Protocol. Images are resized so the shorter side is round(1.14 * input_size) (256 for 227) and

@@ -1,4 +1,4 @@
-"""Nearest-neighbour retrieval on frozen features (SPEC 7, paper Table 1 and Fig. 5).
+"""Nearest-neighbour retrieval on frozen features (design §7, paper Table 1 and Fig. 5).
 
 Test items are queries, training items the gallery, similarity is the cosine of flattened
 features (pool5 by default). A query is a hit at k if its class is among the classes of its k
@@ -228,7 +228,7 @@ def knn_features(
     """Gallery and query (features, labels, indices) of two labelled sources, and the skips.
 
     Centre crops at `input_size`; with bn_stats="gallery" (default) the BN statistics are first
-    re-estimated on the gallery images, for every network alike (SPEC 7).
+    re-estimated on the gallery images, for every network alike (design §7).
     """
     if layer not in BLOCKS:
         raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(BLOCKS)}")

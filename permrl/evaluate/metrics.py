@@ -1,4 +1,4 @@
-"""Scores of evaluations: average precision (Pascal VOC protocol), mAP, accuracy (SPEC 7).
+"""Scores of evaluations: average precision (Pascal VOC protocol), mAP, accuracy (design §7).
 
 Multi-label targets use 1 = present, 0 = absent, -1 = difficult (ignored: neither a positive
 nor a negative, as in the VOC devkit, where such images are skipped when counting).

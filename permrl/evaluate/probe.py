@@ -1,4 +1,4 @@
-"""Frozen-feature probes (SPEC 7, paper Table 2): a linear classifier or a two-layer MLP trained
+"""Frozen-feature probes (design §7, paper Table 2): a linear classifier or a two-layer MLP trained
 on the frozen features of a named trunk layer; the test accuracy is reported.
 
 Protocol. Features are the flattened block-`layer` outputs of centre crops (`input_size` px,
@@ -22,7 +22,6 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ from permrl.evaluate.knn import (
     normalise_images,
     reestimate_bn,
 )
+from permrl.files import atomic_path
 from permrl.models.trunk import BLOCKS
 
 CACHE_VERSION = 1
@@ -114,19 +114,10 @@ def _load_cache(path: Path, fields: dict[str, Any]) -> tuple[Tensor, Tensor, Ten
 
 def _save_cache(path: Path, fields: dict[str, Any], feats: Tensor, labels: Tensor,
                 indices: Tensor) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(
-            {"fields": fields, "features": feats, "labels": labels, "indices": indices}, tmp
-        )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({"fields": fields, "features": feats, "labels": labels, "indices": indices},
+                   tmp)
 
 
 # Features ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Video retrieval (SPEC 7, Table 1 UCF-101): 10 evenly spaced frames per video.
+"""Video retrieval (design §7, Table 1 UCF-101): 10 evenly spaced frames per video.
 
 Frame level (the paper's protocol): every frame of a test video is a query against every frame
 of the training videos, labelled by its video's class. Video level: the mean feature of a

@@ -1,1 +1,1 @@
-"""Networks: the CaffeNet-BN trunk and the ordering heads (SPEC 4)."""
+"""Networks: the CaffeNet-BN trunk and the ordering heads (design §4)."""

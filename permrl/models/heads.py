@@ -1,9 +1,9 @@
-"""Ordering heads (SPEC 4): which permutation of Psi was applied?
+"""Ordering heads (design §4): which permutation of Psi was applied?
 
 Spatial head: fc6 per tile -> concatenate the m*m fc6 outputs in input order -> fc7 -> fc(|Psi_S|).
 The first layer after the concatenation (fc7) is kept as one Linear whose weight splits into
 blocks W_k, one per input position k, so the policy state can be computed exactly from cached
-per-tile features (SPEC 6).
+per-tile features (design §6).
 
 Decision: fc6 and fc7 are followed by BatchNorm, like the trunk's convolutions. Measured on the
 `cpu` preset (100 permutations, built-in data): without it the loss stayed at chance (ln 100)
@@ -69,7 +69,7 @@ class SpatialHead(nn.Module):
     def permutation_logits(
         self, features: torch.Tensor, permutations: torch.Tensor, chunk: int = 64
     ) -> torch.Tensor:
-        """Logits of every permutation applied to every sample, from cached fc6 (SPEC 6).
+        """Logits of every permutation applied to every sample, from cached fc6 (design §6).
 
         features: (V, n, d) fc6 outputs of the unshuffled tiles; permutations: (P, n).
         Returns (V, P, |Psi|). Exact in eval mode: fc7 is linear in the concatenation, so
@@ -132,7 +132,7 @@ class TemporalHead(nn.Module):
     ) -> torch.Tensor:
         """(V, u, d) cached fc6 features, (P, u) permutations -> (V, P, |Psi_T|) logits.
 
-        The trunk and fc6 ran once per frame (SPEC 6). Here the LSTM's input projection
+        The trunk and fc6 ran once per frame (design §6). Here the LSTM's input projection
         W_ih f + b is computed once per frame too, and the recurrence is run once per distinct
         prefix of the permutations (all permutations starting with the same frames share their
         first states), then the classifier sees each permutation's last hidden state. Exact:

@@ -1,4 +1,4 @@
-"""CaffeNet (AlexNet) with BatchNorm, up to pool5, with blocks named conv1..pool5 (SPEC 4).
+"""CaffeNet (AlexNet) with BatchNorm, up to pool5, with blocks named conv1..pool5 (design §4).
 
 The same weights serve two input regimes, as in the paper: conv1 stride 2 on 64 px puzzle tiles
 (pool5 is 3x3, the jigsaw network the paper builds on) and stride 4 on 227 px evaluation images

@@ -1,1 +1,1 @@
-"""How permutations are chosen: uniformly, or by the learned policy (SPEC 5)."""
+"""How permutations are chosen: uniformly, or by the learned policy (design §5)."""

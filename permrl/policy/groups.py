@@ -1,6 +1,6 @@
 """The action space of Sect. 3.2: permutations grouped by k-means on the rows of the state s.
 
-Decisions (SPEC 5):
+Decisions (design §5):
 - Groups are ordered by the median of their softmax ratios, ascending: group 0 is the hardest.
   Ties go to the lower mean ratio, then to the lower smallest member index. So action j means
   "the j-th hardest group" whatever labels k-means gave in this re-clustering.

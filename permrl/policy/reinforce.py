@@ -1,4 +1,4 @@
-"""Reward (Eq. 7) and the REINFORCE policy over groups of permutations (Eq. 8, 9; SPEC 5).
+"""Reward (Eq. 7) and the REINFORCE policy over groups of permutations (Eq. 8, 9; design §5).
 
 Loss of one episode t with K actions a_k drawn from pi(.|s_hat_t), minimised by a plain
 gradient step (Eq. 9: theta <- theta + alpha * R * grad log pi):

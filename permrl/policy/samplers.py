@@ -81,7 +81,7 @@ class PolicySampler:
     or one of the simple adaptive baselines of `permrl.policy.bandits`.
 
     Until the first state exists every permutation is one group and the draw is uniform.
-    `episode_actions`: inside an episode, a group is drawn for every sample ("sample", SPEC's
+    `episode_actions`: inside an episode, a group is drawn for every sample ("sample", the design's
     reading of Sect. 3.2: K x B actions) or one group for each of the K mini-batches ("batch":
     K actions, each a whole mini-batch; the episode's draws then deviate from pi far more, which
     is what the reward can be credited to). The SGD phase always draws per sample.

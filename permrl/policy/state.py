@@ -1,6 +1,6 @@
 """The network state of Sect. 3.2: softmax ratios (Eq. 3), state matrix (Eq. 4), error (Eq. 6).
 
-`compute_state` is the exact, cheap path of SPEC 6: trunk + fc6 run once per validation tile
+`compute_state` is the exact, cheap path of design §6: trunk + fc6 run once per validation tile
 (frame); every permutation then only re-indexes the cached fc6 features inside the head.
 `naive_state` is the reference: shuffle the parts by every permutation and run the whole model.
 Both run in eval mode, so they agree to float tolerance.
@@ -78,7 +78,7 @@ def compute_state(
     permutation_chunk: int = 256,
     device: torch.device | str | None = None,
 ) -> NetworkState:
-    """Exact state from cached fc6 features (SPEC 6); memory bounded by the two chunk sizes.
+    """Exact state from cached fc6 features (design §6); memory bounded by the two chunk sizes.
 
     val_parts: (|X_val|, n, 3, t, t) unshuffled tiles (frames); permutations: (|Psi|, n).
     One head call per (sample chunk, permutation chunk): at most sample_chunk x

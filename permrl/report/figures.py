@@ -33,8 +33,9 @@ import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from permrl.config import TASKS  # noqa: E402
+
 DPI = 120
-TASKS = ("spatial", "temporal")
 QUARTILE_LABELS = ("easiest 25%", "2nd 25%", "3rd 25%", "hardest 25%")
 QUARTILE_COLOURS = ("#1a9850", "#a6d96a", "#fdae61", "#d73027")  # green (easy) .. red (hard)
 TASK_COLOURS = {"spatial": "#1f77b4", "temporal": "#ff7f0e"}

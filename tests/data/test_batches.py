@@ -1,4 +1,4 @@
-"""Temporal samples and the per-step batches (SPEC 3): windows, crops, retries, skips."""
+"""Temporal samples and the per-step batches (design §3): windows, crops, retries, skips."""
 
 from __future__ import annotations
 

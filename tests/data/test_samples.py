@@ -1,4 +1,4 @@
-"""Jigsaw samples (SPEC 3): geometry, tile boxes, cutting, normalisation, shuffling."""
+"""Jigsaw samples (design §3): geometry, tile boxes, cutting, normalisation, shuffling."""
 
 from __future__ import annotations
 

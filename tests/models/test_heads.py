@@ -1,4 +1,4 @@
-"""Spatial head, OrderingNet and the cached-feature permutation logits (SPEC 4, 6)."""
+"""Spatial head, OrderingNet and the cached-feature permutation logits (design §4, 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CaffeNet-BN trunk (SPEC 4): block shapes from the CaffeNet formulas, layer selection."""
+"""CaffeNet-BN trunk (design §4): block shapes from the CaffeNet formulas, layer selection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Eq. 3, 4, 6 and the exact cached state (SPEC 6) against the naive forward."""
+"""Eq. 3, 4, 6 and the exact cached state (design §6) against the naive forward."""
 
 from __future__ import annotations
 
