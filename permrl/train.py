@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from permrl.checkpoint import load_checkpoint, save_checkpoint
-from permrl.config import TASKS, Config, idle_policy, to_dict, to_yaml
+from permrl.config import TASKS, Config, idle_policy, task_steps, to_dict, to_yaml
 from permrl.data.batches import (
     AUTO_VAL_RULE,
     ClipBatches,
@@ -149,9 +149,7 @@ def resolve_device(name: str, env: Distributed = ONE_PROCESS) -> torch.device:
 
 def active_tasks(cfg: Config, step: int) -> list[str]:
     """S, T, S+T: every configured task at every step; S&T: spatial, then temporal."""
-    if cfg.train.serial_switch:
-        return ["spatial"] if step < cfg.train.serial_switch else ["temporal"]
-    return model_tasks(cfg)
+    return [task for task in model_tasks(cfg) if step in task_steps(cfg, task)]
 
 
 @dataclass

@@ -105,6 +105,18 @@ class StepBatches(Dataset):
 
     def parts(self, batch: dict[str, Any], device: torch.device | str = "cpu"
               ) -> torch.Tensor | None:
+        """The batch's normalised parts on `device` (None if it has none), built by `build`
+        from its uint8 crops with the step's random draws, which are made on the CPU generator
+        (the same on every device); or those the worker already built (a CPU run)."""
+        if "parts" in batch:
+            return batch["parts"]
+        if batch["uint8"] is None:
+            return None
+        _, gen = self.generators(batch["step"])
+        return self.build(batch["uint8"].to(device, non_blocking=True), gen,
+                          DrawRows(self.batch_size, batch["rows"]))
+
+    def build(self, uint8: torch.Tensor, gen: torch.Generator, draw: DrawRows) -> torch.Tensor:
         raise NotImplementedError
 
     def items_of_step(self, step: int) -> np.ndarray:
@@ -176,18 +188,10 @@ class PuzzleBatches(StepBatches):
         return self.finished({"step": step, "uint8": uint8,
                               "rows": torch.tensor(rows, dtype=torch.long), "skipped": skipped})
 
-    def parts(self, batch: dict[str, Any], device: torch.device | str = "cpu"
-              ) -> torch.Tensor | None:
-        """The batch's normalised tiles (B, m*m, 3, t, t), cut, jittered and greyed on `device`
-        with the step's random draws (made on the CPU generator: the same on every device)."""
-        if "parts" in batch:  # built in the worker (training on the CPU)
-            return batch["parts"]
-        if batch["uint8"] is None:
-            return None
-        _, gen = self.generators(batch["step"])
-        return make_tiles(batch["uint8"].to(device, non_blocking=True), self.geometry,
-                          train=True, grey_prob=self.grey_prob, jitter_strength=self.jitter,
-                          generator=gen, draw=DrawRows(self.batch_size, batch["rows"]))
+    def build(self, uint8: torch.Tensor, gen: torch.Generator, draw: DrawRows) -> torch.Tensor:
+        """Normalised tiles (B, m*m, 3, t, t): cut, jittered and greyed where `uint8` is."""
+        return make_tiles(uint8, self.geometry, train=True, grey_prob=self.grey_prob,
+                          jitter_strength=self.jitter, generator=gen, draw=draw)
 
 
 def read_clip(
@@ -244,18 +248,10 @@ class ClipBatches(StepBatches):
         return self.finished({"step": step, "uint8": uint8,
                               "rows": torch.tensor(rows, dtype=torch.long), "skipped": skipped})
 
-    def parts(self, batch: dict[str, Any], device: torch.device | str = "cpu"
-              ) -> torch.Tensor | None:
-        """The batch's normalised frames (B, u, 3, S, S), greyed and jittered on `device` with
-        the step's random draws, not yet shuffled."""
-        if "parts" in batch:  # built in the worker (training on the CPU)
-            return batch["parts"]
-        if batch["uint8"] is None:
-            return None
-        _, gen = self.generators(batch["step"])
-        return make_clip_frames(batch["uint8"].to(device, non_blocking=True), train=True,
-                                grey_prob=self.grey_prob, jitter_strength=self.jitter,
-                                generator=gen, draw=DrawRows(self.batch_size, batch["rows"]))
+    def build(self, uint8: torch.Tensor, gen: torch.Generator, draw: DrawRows) -> torch.Tensor:
+        """Normalised frames (B, u, 3, S, S), greyed and jittered, not yet shuffled."""
+        return make_clip_frames(uint8, train=True, grey_prob=self.grey_prob,
+                                jitter_strength=self.jitter, generator=gen, draw=draw)
 
 
 def validation_tiles(
