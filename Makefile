@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint lock clean
+.PHONY: demo test lint lock clean table5
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m permrl demo --out runs/demo
+
+# Table 5 at CPU scale: 11 variants x 3 seeds on built-in data (README, Results); resumable.
+TABLE5_VARIANTS := S,S+P,T,T+P,S&T,S+T,S+T+P,S+exp3,S+hardness,T+exp3,T+hardness
+table5: $(STAMP)
+	$(BIN)/python -m permrl ablate --config examples/table5.yaml --seeds 3 \
+	  --variants '$(TABLE5_VARIANTS)' --out runs/table5
+	$(BIN)/python -m permrl report runs/table5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -19,8 +19,9 @@ import time
 import torch
 
 from permrl.config import load_config
+from permrl.models.build import build_model
 from permrl.policy.state import compute_state, naive_state
-from permrl.train import build_model, build_permutations
+from permrl.tasks import build_permutations
 
 CASES = {
     # name: (preset, overrides, task, naive permutations by default)

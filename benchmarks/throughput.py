@@ -25,15 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from permrl.config import Config, load_config
-from permrl.train import (
-    build_model,
-    geometry_of,
-    make_optimizer,
-    model_tasks,
-    resolve_device,
-    train,
-)
+from permrl.config import Config, load_config, model_tasks
+from permrl.data.samples import geometry_of
+from permrl.distributed import resolve_device
+from permrl.models.build import build_model
+from permrl.train import make_optimizer, train
 
 
 def synchronise(device: torch.device) -> None:

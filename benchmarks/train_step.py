@@ -20,7 +20,7 @@ import torch
 from throughput import bare_step_seconds
 
 from permrl.config import load_config
-from permrl.train import build_permutations, prepare_task
+from permrl.tasks import build_permutations, prepare_task
 
 STEPS = 30
 

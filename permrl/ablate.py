@@ -10,9 +10,11 @@ A finished cell has `cell.json`; a rerun of the same command skips it, and resum
 that has a checkpoint. A cell trained with another config (a changed `--set`, `--preset` or
 file) is refused by name, or retrained with `--force`; finished cells of variants or seeds not
 asked for this time stay in the table when their config is what this command would give them.
-`OUT/table.md` and `OUT/table.csv` hold mean and standard deviation over seeds of kNN
-retrieval and of the final held-out puzzle accuracy over all of Psi (X_val: held out of
-training, but the adaptive samplers see its state).
+`OUT/table.md` and `OUT/table.csv` hold, per variant, the mean, standard deviation and each
+seed's value of kNN retrieval and of the final held-out puzzle accuracy over all of Psi (X_val:
+held out of training, but the adaptive samplers see its state); `OUT/pairs.csv` and the end of
+table.md compare every adaptive variant with its uniform twin seed by seed; table.md opens
+with a summary in sentences.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -36,8 +39,8 @@ from permrl.config import (
 )
 from permrl.evaluate.run import knn, load_trunk
 from permrl.files import write_atomic
-from permrl.run_dir import Interrupted
-from permrl.train import RunError, train
+from permrl.run_dir import Interrupted, RunError
+from permrl.train import train
 
 VARIANTS: dict[str, list[str]] = {
     "S": ["tasks=[spatial]", "policy=uniform"],
@@ -138,13 +141,24 @@ def ablate(
     (out / "cells.json").write_text(json.dumps(cells, indent=2))
     cfg = next(iter(configs.values()))
     md, rows = summary_table(cells, cfg)
-    (out / "table.md").write_text(md + "\n")
-    with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(md)
-    return {"cells": cells, "table": rows}
+    pairs = paired_rows(cells)
+    summary = "\n".join(f"- {line}" for line in summary_sentences(rows, pairs))
+    write_atomic(out / "table.md", f"Summary:\n{summary}\n\n{md}\n")
+    write_csv(out / "table.csv", rows)
+    if pairs:
+        write_csv(out / "pairs.csv", pairs)
+    print(f"{md}\n\nSummary:\n{summary}")
+    return {"cells": cells, "table": rows, "pairs": pairs}
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows with the union of their keys as columns (a variant with fewer seeds leaves its
+    missing per-seed columns empty)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
 
 
 def earlier_cells(out: Path, asked: dict[tuple[str, int], Config], overrides: list[str],
@@ -170,45 +184,161 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summary_table(cells: list[dict[str, Any]], cfg: Config) -> tuple[str, list[dict[str, Any]]]:
-    """Table 5 layout: one row per variant, mean and standard deviation over seeds."""
-    variants = list(dict.fromkeys(c["variant"] for c in cells))
-    first = cells[0]["knn"]
-    ks = [k for k in KS if k in first]
-    puzzles = [t for t in TASKS if any(t in c.get("puzzle_accuracy", {}) for c in cells)]
+def uniform_twin(variant: str) -> str | None:
+    """The uniform variant an adaptive one is compared with: the same tasks trained the same
+    way with `policy=uniform` (S+P -> S, T+exp3 -> T, S+T+P -> S+T); None for a uniform one."""
+    tasks, policy = VARIANTS[variant]
+    if policy == "policy=uniform":
+        return None
+    return next(v for v, (t, p) in VARIANTS.items()
+                if t == tasks and p == "policy=uniform" and v != "S&T")
+
+
+def metric_keys(cells: list[dict[str, Any]]) -> list[str]:
+    """The table's metrics: kNN recall@k of every k the cells have, then the held-out puzzle
+    accuracy of every task some cell trained (`<task>_puzzle`)."""
+    ks = [k for k in KS if k in cells[0]["knn"]]
+    return ks + [f"{t}_puzzle" for t in TASKS
+                 if any(t in c.get("puzzle_accuracy", {}) for c in cells)]
+
+
+def metric_value(cell: dict[str, Any], key: str) -> float | None:
+    """A cell's metric in %: kNN recall@k, or the final held-out puzzle accuracy of a task."""
+    if key.endswith("_puzzle"):
+        accuracy = cell.get("puzzle_accuracy", {}).get(key.removesuffix("_puzzle"))
+        return None if accuracy is None else 100 * accuracy
+    return 100 * cell["knn"][key]
+
+
+def per_seed(cells: list[dict[str, Any]], variant: str, key: str) -> dict[int, float]:
+    values = {c["seed"]: metric_value(c, key) for c in cells if c["variant"] == variant}
+    return {seed: v for seed, v in sorted(values.items()) if v is not None}
+
+
+def summary_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant: for every metric the mean and standard deviation over seeds and
+    each seed's value (`top1_mean`, `top1_std`, `top1_seed0`, ...), in %."""
     rows = []
-    for v in variants:
-        mine = [c for c in cells if c["variant"] == v]
-        row: dict[str, Any] = {"variant": v, "seeds": len(mine)}
-        for k in ks:
-            m, sd = mean_std([100 * c["knn"][k] for c in mine])
-            row |= {f"{k}_mean": m, f"{k}_std": sd}  # rounded once, where they are printed
-        for task in puzzles:
-            values = [100 * c["puzzle_accuracy"][task] for c in mine
-                      if task in c.get("puzzle_accuracy", {})]
-            m, sd = mean_std(values) if values else (float("nan"), float("nan"))
-            row |= {f"{task}_puzzle_mean": m, f"{task}_puzzle_std": sd}
+    for v in dict.fromkeys(c["variant"] for c in cells):
+        row: dict[str, Any] = {"variant": v, "seeds": sum(c["variant"] == v for c in cells)}
+        for key in metric_keys(cells):
+            values = per_seed(cells, v, key)
+            m, sd = mean_std(list(values.values())) if values else (float("nan"), float("nan"))
+            row |= {f"{key}_mean": m, f"{key}_std": sd}  # rounded once, where they are printed
+            row |= {f"{key}_seed{seed}": value for seed, value in values.items()}
         rows.append(row)
-    buf = io.StringIO()
-    buf.write(
+    return rows
+
+
+def paired_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each adaptive variant against its uniform twin, seed by seed (the same seed gives both
+    the same initial weights and data order): for every metric the mean and standard deviation
+    of the per-seed differences (adaptive - uniform, in points of %), how many seeds have the
+    adaptive variant higher, and whether |mean| exceeds the differences' standard deviation
+    (`exceeds_spread`; with 3 seeds a t-statistic above 1.7: a sign, not a significance test)."""
+    present = list(dict.fromkeys(c["variant"] for c in cells))
+    pairs = []
+    for v in present:
+        twin = uniform_twin(v)
+        if twin not in present:
+            continue
+        row: dict[str, Any] = {"variant": v, "twin": twin}
+        for key in metric_keys(cells):
+            mine, theirs = per_seed(cells, v, key), per_seed(cells, twin, key)
+            diffs = [mine[s] - theirs[s] for s in mine if s in theirs]
+            if not diffs:
+                continue
+            m, sd = mean_std(diffs)
+            row |= {f"{key}_diff": m, f"{key}_diff_std": sd, f"{key}_seeds": len(diffs),
+                    f"{key}_higher": sum(d > 0 for d in diffs),
+                    f"{key}_exceeds_spread": len(diffs) > 1 and abs(m) > sd}
+        pairs.append(row)
+    return pairs
+
+
+METRIC_NAMES = {"top1": "Top-1 retrieval", "spatial_puzzle": "spatial puzzle accuracy",
+                "temporal_puzzle": "temporal puzzle accuracy"}
+
+
+def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> list[str]:
+    """What a reader takes from the table in ten seconds: the leader on each headline metric
+    and every adaptive-vs-uniform difference that exceeds the seeds' spread."""
+    seeds = sorted({r["seeds"] for r in rows})
+    said = [f"{len(rows)} variants, {'/'.join(map(str, seeds))} seed(s) each."]
+    for key, name in METRIC_NAMES.items():
+        scored = [r for r in rows if not math.isnan(r.get(f"{key}_mean", math.nan))]
+        if len(scored) < 2:
+            continue
+        best, second = sorted(scored, key=lambda r: -r[f"{key}_mean"])[:2]
+        said.append(f"{name}: {best['variant']} ahead ({best[f'{key}_mean']:.1f} ± "
+                    f"{best[f'{key}_std']:.1f} %), next {second['variant']} "
+                    f"({second[f'{key}_mean']:.1f} ± {second[f'{key}_std']:.1f}).")
+    for p in pairs:
+        found = [f"{METRIC_NAMES[k]} {p[f'{k}_diff']:+.1f} ± {p[f'{k}_diff_std']:.1f} "
+                 f"({p[f'{k}_higher']}/{p[f'{k}_seeds']} seeds higher)"
+                 for k in METRIC_NAMES if p.get(f"{k}_exceeds_spread")]
+        said.append(f"{p['variant']} vs {p['twin']}: " + ("; ".join(found) if found else
+                    "no difference beyond the seeds' spread") + ".")
+    return said
+
+
+def summary_table(cells: list[dict[str, Any]], cfg: Config) -> tuple[str, list[dict[str, Any]]]:
+    """Table 5 layout as markdown (the tables of `ablation_tables` with their captions), and
+    the rows of `summary_rows`."""
+    keys = metric_keys(cells)
+    first, rows = cells[0]["knn"], summary_rows(cells)
+    tables = iter(markdown_table(t[0], t[1:]) for t in ablation_tables(cells))
+    parts = [
         f"kNN retrieval ({first['layer']}, cosine, recall@k in %, mean ± std over "
         f"{rows[0]['seeds']} seed(s)); gallery {first['train_source']} ({first['gallery']} "
         f"items), queries {first['test_source']} ({first['queries']} items); BN statistics: "
         f"{first['bn_stats']}; every variant trained {cells[0]['steps']} steps with the same "
         f"config (preset {cfg.preset}, images {cfg.data.images}, videos {cfg.data.videos}); "
-        "nothing selected on the test set.\n\n")
-    if puzzles:
-        buf.write("Puzzle: held-out accuracy (%) over all |Psi| x |X_val| permuted X_val samples "
-                  "at the end (chance 100/|Psi|; X_val is never trained on, but the adaptive "
-                  "samplers see its state).\n\n")
-    heads = [k.capitalize() for k in ks] + [f"{t} puzzle" for t in puzzles]
-    buf.write("| variant | " + " | ".join(heads) + " |\n")
-    buf.write("|---|" + "---|" * len(heads) + "\n")
-    for row in rows:
-        keys = ks + [f"{t}_puzzle" for t in puzzles]
-        cells_text = " | ".join(f"{row[f'{k}_mean']:.1f} ± {row[f'{k}_std']:.1f}" for k in keys)
-        buf.write(f"| {row['variant']} | {cells_text} |\n")
-    return buf.getvalue().rstrip("\n"), rows
+        "nothing selected on the test set."]
+    if any(k.endswith("_puzzle") for k in keys):
+        parts.append("Puzzle: held-out accuracy (%) over all |Psi| x |X_val| permuted X_val "
+                     "samples at the end (chance 100/|Psi|; X_val is never trained on, but the "
+                     "adaptive samplers see its state).")
+    parts += [next(tables), "Per seed (seed: value):", next(tables)]
+    if paired_rows(cells):
+        parts += ["Adaptive sampler - its uniform twin, paired by seed (points of %): mean ± "
+                  "std of the per-seed differences [seeds where the adaptive one is higher]; "
+                  "**bold**: |mean| exceeds the std (a sign, not a significance test).",
+                  next(tables)]
+    return "\n\n".join(parts), rows
+
+
+def ablation_tables(cells: list[dict[str, Any]]) -> list[list[list[str]]]:
+    """The ablation's tables as text (header row first), for markdown and HTML: mean ± std
+    over seeds, each seed's value, then the adaptive variants against their uniform twins."""
+    keys = metric_keys(cells)
+    heads = ["variant", *(k.replace("_", " ") if k.endswith("_puzzle") else k.capitalize()
+                          for k in keys)]
+    rows, pairs = summary_rows(cells), paired_rows(cells)
+    tables = [
+        [heads, *([r["variant"], *(f"{r[f'{k}_mean']:.1f} ± {r[f'{k}_std']:.1f}" for k in keys)]
+                  for r in rows)],
+        [heads, *([r["variant"], *(", ".join(f"{s}: {v:.1f}" for s, v in
+                                             per_seed(cells, r["variant"], k).items()) or "-"
+                                   for k in keys)] for r in rows)]]
+    if pairs:
+        tables.append([[heads[0], "vs", *heads[1:]],
+                       *([p["variant"], p["twin"], *(paired_cell(p, k) for k in keys)]
+                         for p in pairs)])
+    return tables
+
+
+def paired_cell(pair: dict[str, Any], key: str) -> str:
+    if f"{key}_diff" not in pair:
+        return "-"
+    diff = f"{pair[f'{key}_diff']:+.1f}"
+    return (f"{f'**{diff}**' if pair[f'{key}_exceeds_spread'] else diff} ± "
+            f"{pair[f'{key}_diff_std']:.1f} [{pair[f'{key}_higher']}/{pair[f'{key}_seeds']}]")
+
+
+def markdown_table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
 
 __all__ = ["VARIANTS", "ablate", "summary_table", "RunError"]

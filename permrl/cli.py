@@ -21,8 +21,7 @@ from permrl.config import PRESETS, ConfigError, load_config, to_yaml
 from permrl.data.sources import SourceError
 from permrl.export import ExportError
 from permrl.permutations import PermutationFileError
-from permrl.run_dir import Interrupted
-from permrl.train import RunError
+from permrl.run_dir import Interrupted, RunError
 
 USER_ERRORS = (ConfigError, SourceError, RunError, CheckpointError, PermutationFileError,
                ExportError)

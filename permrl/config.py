@@ -362,6 +362,17 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def model_tasks(cfg: Config) -> list[str]:
+    """The configured tasks in canonical order (spatial first): the heads a model has."""
+    return [t for t in TASKS if t in cfg.tasks]
+
+
+def active_tasks(cfg: Config, step: int) -> list[str]:
+    """The tasks that train at step `step`: every configured task (S, T, S+T), or in S&T
+    spatial before `train.serial_switch` and temporal from it."""
+    return [task for task in model_tasks(cfg) if step in task_steps(cfg, task)]
+
+
 def task_steps(cfg: Config, task: str) -> range:
     """The step indices at which `task` trains: all of them, or its half of S&T."""
     switch, steps = cfg.train.serial_switch, cfg.train.steps

@@ -24,6 +24,7 @@ One process (no torchrun) is `Distributed()`: every collective is the identity.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from permrl.policy.state import NetworkState, compute_state
+from permrl.run_dir import RunError
 
 T = TypeVar("T")
 
@@ -153,33 +154,6 @@ class Distributed:
         return torch.cat([p[:, :n].cpu() for p, n in zip(parts, counts, strict=True)], dim=1)
 
 
-def state_shards(num_val: int, world_size: int, sample_chunk: int) -> list[range]:
-    """Each process's block of X_val, in whole `sample_chunk`s, so that every chunk is computed
-    exactly as one process computes it (the state is then bitwise the one-process state)."""
-    chunks = -(-num_val // sample_chunk)
-    per = [chunks // world_size + (r < chunks % world_size) for r in range(world_size)]
-    starts = [sum(per[:r]) * sample_chunk for r in range(world_size + 1)]
-    return [range(min(starts[r], num_val), min(starts[r + 1], num_val))
-            for r in range(world_size)]
-
-
-def sharded_state(
-    model: nn.Module, task: str, val_parts: torch.Tensor, permutations: torch.Tensor,
-    env: Distributed, sample_chunk: int = 8,
-) -> NetworkState:
-    """`compute_state` with X_val split across the processes, gathered on all of them."""
-    if not env.enabled:
-        return compute_state(model, task, val_parts, permutations, sample_chunk=sample_chunk)
-    shards = state_shards(val_parts.shape[0], env.world_size, sample_chunk)
-    mine = shards[env.rank]
-    local = compute_state(model, task, val_parts[mine.start : mine.stop], permutations,
-                          sample_chunk=sample_chunk)
-    counts = [len(s) for s in shards]
-    ratios = env.gather_columns(local.ratios, counts)
-    predicted = env.gather_columns(local.predicted, counts)
-    return NetworkState.from_matrices(ratios, predicted)
-
-
 class AllReduceSum(torch.autograd.Function):
     """Sum over processes, differentiable: the gradient of each process's input is the sum of
     the gradients of all processes' outputs (every process's loss depends on the sum)."""
@@ -250,3 +224,25 @@ def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 ONE_PROCESS = Distributed()  # the default: no torchrun, every collective the identity
+
+
+def resolve_device(name: str, env: Distributed = ONE_PROCESS) -> torch.device:
+    """auto -> cuda when available; under torchrun, this process's GPU (LOCAL_RANK)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("train.device: cuda was asked for but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = env.device_for(torch.device(name))
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise RunError(f"LOCAL_RANK={env.local_rank} but this node has "
+                       f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
+    return device
+
+
+def no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that stops the broadcast of buffers from rank 0 at every forward (our
+    BatchNorm statistics are already global): renamed in torch 2.13."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    return ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+            else {"broadcast_buffers": False})

@@ -1,10 +1,11 @@
 """Permutation sets Psi (docs/design.md §2, paper Sect. 3.1).
 
-Greedy maximal-Hamming selection of a permutation set, the Eq. 1 convention for applying a
-permutation to parts, and validated, checksummed storage of a set.
+Greedy maximal-Hamming selection of a permutation set, inversion, and validated, checksummed
+storage of a set.
 
 Convention (Eq. 1): applying ``psi`` to parts ``(x_1, ..., x_n)`` gives ``(x_psi1, ..., x_psin)``,
-i.e. output position ``k`` holds part ``psi[k]``.
+i.e. output position ``k`` holds part ``psi[k]``. Tiles and frames alike are shuffled so by
+:func:`permrl.data.samples.shuffle_tiles`, the one implementation.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ __all__ = [
     "CRITERIA",
     "PermutationFileError",
     "all_permutations",
-    "apply_permutation",
     "hamming_stats",
     "invert_permutation",
     "load_permutations",
@@ -240,49 +240,8 @@ def hamming_stats(perms: Any) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Applying permutations (Eq. 1)
+# Inverting permutations
 # --------------------------------------------------------------------------------------------
-
-
-def apply_permutation(parts: ArrayOrTensor, perm: Any, dim: int = 1) -> ArrayOrTensor:
-    """Reorder ``parts`` along ``dim`` so that output position ``k`` holds part ``perm[k]`` (Eq. 1).
-
-    ``perm`` is one permutation ``(n,)`` or a batch ``(B, n)``; a batch is applied row-wise to
-    ``parts`` of shape ``(B, ..., n, ...)`` with ``n`` at ``dim`` (``dim`` must not be 0).
-    Works on numpy arrays and torch tensors (the result keeps the type of ``parts``).
-    """
-    is_torch = isinstance(parts, torch.Tensor)
-    ndim = parts.dim() if is_torch else np.ndim(parts)
-    if not -ndim <= dim < ndim:
-        raise ValueError(f"dim {dim} out of range for parts with {ndim} dimensions")
-    dim = dim % ndim
-    if is_torch:
-        index = torch.as_tensor(perm, device=parts.device).long()
-    else:
-        parts = np.asarray(parts)
-        index = np.asarray(perm).astype(np.int64, copy=False)
-    n = parts.shape[dim]
-    if index.ndim == 1:
-        if index.shape[0] != n:
-            raise ValueError(f"permutation of length {index.shape[0]} for {n} parts at dim {dim}")
-        if is_torch:
-            return parts.index_select(dim, index)
-        return np.take(parts, index, axis=dim)
-    if index.ndim != 2:
-        raise ValueError(f"perm must be (n,) or (B, n), got shape {tuple(index.shape)}")
-    if dim == 0:
-        raise ValueError("a batch of permutations needs dim >= 1 (dim 0 is the batch)")
-    if tuple(index.shape) != (parts.shape[0], n):
-        raise ValueError(
-            f"perm batch shape {tuple(index.shape)} does not match parts batch {parts.shape[0]}"
-            f" and {n} parts at dim {dim}"
-        )
-    view = [1] * ndim
-    view[0], view[dim] = parts.shape[0], n
-    if is_torch:
-        return torch.gather(parts, dim, index.reshape(view).expand(parts.shape))
-    full = np.broadcast_to(index.reshape(view), parts.shape)
-    return np.take_along_axis(parts, full, axis=dim)
 
 
 def invert_permutation(perm: ArrayOrTensor) -> ArrayOrTensor:

@@ -25,8 +25,8 @@ from typing import Any
 from permrl.checkpoint import load_checkpoint
 from permrl.config import ADAPTIVE_POLICIES, Config, ConfigError, config_with
 from permrl.files import write_atomic
-from permrl.run_dir import Interrupted
-from permrl.train import RunError, train
+from permrl.run_dir import Interrupted, RunError
+from permrl.train import train
 
 
 def probe_config(ckpt: dict[str, Any], episodes: int, policy: str,

@@ -13,13 +13,15 @@ import shutil
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from permrl.config import TASKS, Config, config_differences, config_from_dict
 from permrl.files import atomic_path
-from permrl.policy.state import NetworkState
+
+if TYPE_CHECKING:
+    from permrl.policy.state import NetworkState
 
 
 class RunError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 
 import pytest
@@ -124,3 +125,61 @@ def test_the_table_rounds_once():
                              load_config())
     assert "| S | 87.9 ± 0.0 | 95.1 ± 0.0 |" in md
     assert rows[0]["top1_mean"] == pytest.approx(87.9464)
+
+
+def hand_cells() -> list[dict]:
+    knn = {"layer": "pool5", "train_source": "g", "test_source": "q", "gallery": 2,
+           "queries": 2, "bn_stats": "gallery"}
+    top1 = {"S": [0.50, 0.52, 0.48], "S+P": [0.53, 0.56, 0.50], "T": [0.30, 0.40, 0.20],
+            "T+P": [0.31, 0.39, 0.22]}
+    puzzle = {"S": [0.10, 0.12, 0.11], "S+P": [0.10, 0.13, 0.10], "T": [0.60, 0.70, 0.50],
+              "T+P": [0.61, 0.71, 0.52]}
+    task = {"S": "spatial", "S+P": "spatial", "T": "temporal", "T+P": "temporal"}
+    return [{"variant": v, "seed": s, "steps": 10, "knn": knn | {"top1": top1[v][s]},
+             "puzzle_accuracy": {task[v]: puzzle[v][s]}}
+            for v in top1 for s in range(3)]
+
+
+def test_paired_differences_by_hand():
+    """S+P - S per seed: top1 +3, +4, +2 points: mean 3, std 1 (exceeds); T+P - T: +1, -1, +2:
+    mean 0.667, std 1.528 (within the spread)."""
+    from permrl.ablate import paired_rows, summary_rows, summary_sentences, uniform_twin
+
+    assert [uniform_twin(v) for v in ("S", "S+P", "T+hardness", "S+T+P", "S&T")] == [
+        None, "S", "T", "S+T", None]
+    cells = hand_cells()
+    rows = {r["variant"]: r for r in summary_rows(cells)}
+    assert [rows["S+P"][f"top1_seed{s}"] for s in range(3)] == pytest.approx([53, 56, 50])
+    assert rows["S+P"]["top1_mean"] == pytest.approx(53) and rows["S+P"]["top1_std"] == \
+        pytest.approx(3)
+    assert "temporal_puzzle_seed0" not in rows["S"]
+    assert math.isnan(rows["S"]["temporal_puzzle_mean"])
+    pairs = {p["variant"]: p for p in paired_rows(cells)}
+    sp, tp = pairs["S+P"], pairs["T+P"]
+    assert sp["twin"] == "S" and sp["top1_diff"] == pytest.approx(3.0)
+    assert sp["top1_diff_std"] == pytest.approx(1.0) and sp["top1_higher"] == 3
+    assert sp["top1_exceeds_spread"] is True
+    assert tp["top1_diff"] == pytest.approx(2 / 3) and tp["top1_diff_std"] == pytest.approx(
+        statistics.stdev([1, -1, 2])) and tp["top1_exceeds_spread"] is False
+    assert tp["top1_higher"] == 2
+    assert sp["spatial_puzzle_diff"] == pytest.approx((0 + 1 - 1) / 3)  # 0, +1, -1 points
+    assert "temporal_puzzle_diff" not in sp
+    said = summary_sentences(list(rows.values()), list(pairs.values()))
+    assert said[0] == "4 variants, 3 seed(s) each."
+    assert "Top-1 retrieval: S+P ahead (53.0 ± 3.0 %), next S (50.0 ± 2.0)." in said
+    assert "S+P vs S: Top-1 retrieval +3.0 ± 1.0 (3/3 seeds higher)." in said
+    assert "T+P vs T: temporal puzzle accuracy +1.3 ± 0.6 (3/3 seeds higher)." in said  # +1+1+2
+    within = pairs["S+P"] | {"top1_exceeds_spread": False, "spatial_puzzle_exceeds_spread": False}
+    said = summary_sentences(list(rows.values()), [within])
+    assert said[-1] == "S+P vs S: no difference beyond the seeds' spread."
+
+
+def test_table_md_lists_every_seed_and_the_pairs():
+    from permrl.ablate import summary_table
+    from permrl.config import load_config
+
+    md, _ = summary_table(hand_cells(), load_config())
+    assert "| S+P | 53.0 ± 3.0 |" in md
+    assert "| S+P | 0: 53.0, 1: 56.0, 2: 50.0 |" in md
+    assert "| S+P | S | **+3.0** ± 1.0 [3/3] |" in md
+    assert "| T+P | T | +0.7 ± 1.5 [2/3] |" in md

@@ -13,7 +13,8 @@ import torch
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
 from permrl.distributed import synchronise_batchnorm
-from permrl.train import build_model, train
+from permrl.models.build import build_model
+from permrl.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -60,11 +61,12 @@ def test_sync_batchnorm_on_cuda_keeps_the_state_dict():
 def test_tiles_and_frames_built_on_cuda_equal_the_cpu_ones():
     """The step's random draws come from its CPU generator wherever the tiles are built, so a
     GPU batch is the CPU batch up to float rounding of the jitter (pow, exp)."""
-    from permrl.train import model_tasks, prepare_task
+    from permrl.config import model_tasks
+    from permrl.tasks import prepare_task
 
     cfg = load_config(overrides=TINY)
     for task in model_tasks(cfg):
-        from permrl.train import build_permutations
+        from permrl.tasks import build_permutations
 
         data = prepare_task(cfg, task, build_permutations(cfg, task))
         batch = data.batches[3]

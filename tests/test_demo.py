@@ -39,3 +39,22 @@ def test_demo_trains_both_variants_and_prints_the_table(tmp_path, monkeypatch, c
     assert episodes and not (runs / "S+T/seed0/metrics.jsonl").read_text().count("episode")
     assert (runs / "table.md").exists() and (tmp_path / "report.html").stat().st_size > 10_000
     assert "report.html" in out
+
+
+def test_the_demo_is_seed_0_of_the_table5_command():
+    """`make demo`'s two runs have exactly the config of examples/table5.yaml's S+T, S+T+P."""
+    from pathlib import Path
+
+    from permrl.ablate import variant_config
+    from permrl.config import config_differences
+
+    table5 = str(Path(__file__).parents[1] / "examples/table5.yaml")
+    steps = demo.DEMO_STEPS
+    overrides = demo.DEMO_OVERRIDES + [f"train.steps={steps}", f"train.val_every={steps // 6}",
+                                       f"eval.knn_every={steps // 6}"]
+    for variant in demo.VARIANTS:
+        mine = variant_config(overrides, None, "cpu", variant, 0)
+        theirs = variant_config([], table5, None, variant, 0)
+        assert config_differences(theirs, mine) == []
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    assert "examples/table5.yaml" in makefile and demo.TABLE5_COMMAND == "make table5"

@@ -23,10 +23,12 @@ import torch
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
 from permrl.data.batches import ClipBatches, PuzzleBatches, shard_positions, split_validation
+from permrl.data.samples import geometry_of
 from permrl.data.sources import open_source
 from permrl.data.video_sources import open_video_source
-from permrl.distributed import Distributed, DistributedError, state_shards
-from permrl.train import geometry_of, train
+from permrl.distributed import Distributed, DistributedError
+from permrl.policy.state import state_shards
+from permrl.train import train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 

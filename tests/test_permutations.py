@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from permrl.data.samples import shuffle_tiles
 from permrl.permutations import (
     PermutationFileError,
     all_permutations,
-    apply_permutation,
     hamming_stats,
     invert_permutation,
     load_permutations,
@@ -25,61 +25,33 @@ from permrl.permutations import (
 )
 
 # ------------------------------------------------------------------ Eq. 1 convention
+# Applying Psi is permrl.data.samples.shuffle_tiles (for tiles and frames alike); these tests pin
+# it to the convention this module states, against a loop written here.
 
 
-def test_eq1_hand_example_numpy():
-    parts = np.array(["a", "b", "c"])
-    out = apply_permutation(parts, [2, 0, 1], dim=0)
-    assert out.tolist() == ["c", "a", "b"]
+def eq1_reference(parts: torch.Tensor, perms: torch.Tensor, perm_index: torch.Tensor):
+    """Eq. 1 by hand: output position k of sample b holds part perms[perm_index[b]][k]."""
+    out = torch.empty_like(parts)
+    for b, p in enumerate(perm_index.tolist()):
+        for k, src in enumerate(perms[p].tolist()):
+            out[b, k] = parts[b, src]
+    return out
 
 
-def test_eq1_hand_example_torch():
-    parts = torch.tensor([10, 20, 30])  # stands for a, b, c
-    out = apply_permutation(parts, torch.tensor([2, 0, 1]), dim=0)
-    assert out.tolist() == [30, 10, 20]
+def test_eq1_hand_example():
+    parts = torch.tensor([[10, 20, 30]])  # stands for a, b, c
+    out = shuffle_tiles(parts, torch.tensor([[2, 0, 1]]), torch.tensor([0]))
+    assert out.tolist() == [[30, 10, 20]]  # c, a, b
 
 
-def test_eq1_single_perm_on_dim1_of_batch():
-    parts = torch.arange(2 * 3 * 4).reshape(2, 3, 4)
-    out = apply_permutation(parts, [2, 0, 1])
-    for b in range(2):
-        for k, src in enumerate([2, 0, 1]):
-            assert torch.equal(out[b, k], parts[b, src])
-
-
-@pytest.mark.parametrize("backend", ["torch", "numpy"])
-def test_eq1_batched(backend):
-    perms = np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2]])
-    parts = np.arange(3 * 3 * 2 * 2).reshape(3, 3, 2, 2)  # (B, n, H, W)
-    if backend == "torch":
-        out = apply_permutation(torch.from_numpy(parts), torch.from_numpy(perms), dim=1)
-        assert isinstance(out, torch.Tensor)
-        out = out.numpy()
-    else:
-        out = apply_permutation(parts, perms, dim=1)
-    for b in range(3):
-        for k in range(3):
-            np.testing.assert_array_equal(out[b, k], parts[b, perms[b, k]])
-    # hand example inside the batch: row 0 is [a, b, c] -> [c, a, b]
-    letters = np.array([["a", "b", "c"]] * 3)
-    assert apply_permutation(letters, perms)[0].tolist() == ["c", "a", "b"]
-
-
-def test_batched_on_later_dim():
-    perms = torch.tensor([[1, 0], [0, 1]])
-    parts = torch.arange(2 * 3 * 2).reshape(2, 3, 2)
-    out = apply_permutation(parts, perms, dim=2)
-    assert torch.equal(out[0], parts[0].flip(-1))
-    assert torch.equal(out[1], parts[1])
-
-
-def test_apply_rejects_mismatched_shapes():
-    with pytest.raises(ValueError):
-        apply_permutation(np.zeros((2, 3)), [0, 1], dim=1)
-    with pytest.raises(ValueError):
-        apply_permutation(np.zeros((2, 3)), np.zeros((3, 3), dtype=int), dim=1)
-    with pytest.raises(ValueError):
-        apply_permutation(np.zeros((2, 2)), np.zeros((2, 2), dtype=int), dim=0)
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 2, 2), (4, 3, 3, 5, 5)])
+def test_eq1_batched_matches_the_loop(shape):
+    perms = torch.tensor([[2, 0, 1], [1, 2, 0], [0, 1, 2]])
+    perm_index = torch.tensor([0, 2, 1, 0])
+    parts = torch.arange(math.prod(shape)).reshape(shape)  # (B, n, ...): tiles, frames, values
+    out = shuffle_tiles(parts, perms, perm_index)
+    assert torch.equal(out, eq1_reference(parts, perms, perm_index))
+    assert torch.equal(out[0], parts[0, [2, 0, 1]])
 
 
 def test_invert_round_trip():
@@ -90,8 +62,8 @@ def test_invert_round_trip():
         assert [p[q[k]] for k in range(7)] == list(range(7))
         assert [q[p[k]] for k in range(7)] == list(range(7))
     parts = torch.randn(5, 7, 3)
-    tp = torch.from_numpy(perms)
-    back = apply_permutation(apply_permutation(parts, tp), invert_permutation(tp))
+    tp, rows = torch.from_numpy(perms), torch.arange(5)
+    back = shuffle_tiles(shuffle_tiles(parts, tp, rows), invert_permutation(tp), rows)
     assert torch.equal(back, parts)
     single = invert_permutation(np.array([2, 0, 1]))
     assert single.tolist() == [1, 2, 0]

@@ -12,8 +12,9 @@ from PIL import Image
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
 from permrl.data.batches import PuzzleBatches, split_validation
+from permrl.data.samples import geometry_of
 from permrl.permutations import permutation_checksum
-from permrl.train import RunError, geometry_of, train
+from permrl.train import RunError, train
 
 TINY = [
     "data.images=dead-leaves?count=120&size=80",
@@ -221,7 +222,7 @@ def test_the_loop_reads_scalars_from_the_device_per_window_not_per_step(tmp_path
 
 @pytest.mark.parametrize("where", ["none", "grad-nan", "grad-inf", "loss-nan", "loss-inf"])
 def test_all_finite_equals_the_check_of_every_tensor(where):
-    from permrl.train import all_finite
+    from permrl.bookkeeping import all_finite
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     loss = model(torch.randn(5, 3)).pow(2).mean()

@@ -154,7 +154,7 @@ def test_resume_in_the_middle_of_an_episode_continues_the_same_sampler(tmp_path,
 def test_a_checkpoint_of_another_sampler_is_refused(tmp_path):
     train(tiny("train.steps=4"), tmp_path / "run", progress=False)
     state = load_checkpoint(tmp_path / "run/checkpoint.pt")["sampler"]["spatial"]
-    from permrl.train import make_sampler
+    from permrl.tasks import make_sampler
 
     with pytest.raises(ValueError, match="'reinforce', this run uses 'exp3'"):
         make_sampler(tiny("policy=exp3"), "spatial", 12).load_state_dict(state)

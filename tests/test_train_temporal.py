@@ -182,9 +182,9 @@ def test_a_handful_of_videos_trains_with_the_default_val_size(tmp_path, capsys):
 def test_accuracy_up_to_reversal_counts_twins(tmp_path):
     """With twins allowed in Psi_T, the logged up-to-reversal accuracy is the share of X_val
     pairs whose prediction is the permutation or its twin, recomputed here from the model."""
+    from permrl.models.build import build_model
     from permrl.permutations import reversal_twins
     from permrl.policy.state import naive_state
-    from permrl.train import build_model
 
     cfg = tiny("tasks=[temporal]", "train.steps=2", "temporal.permutations=24",
                "temporal.exclude_reversals=false")

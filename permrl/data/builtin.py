@@ -1,8 +1,17 @@
-"""Built-in images that need no download.
+"""Built-in data that needs no download: the demo photographs and dead-leaves images.
 
-* Demo photographs: the natural photos shipped inside scikit-image's wheel (read with Pillow
-  straight from the package folder, no network), cut into disjoint train/gallery/query regions.
-* Dead leaves: procedural images of occluding random textured shapes, unlimited in number.
+* Demo photographs (DEMO_PHOTO_NAMES): natural photos shipped inside scikit-image's wheel, read
+  with Pillow straight from the package folder (no network, scikit-image is not imported),
+  each resized and centre-cropped to 256 x 256 (demo_photo). DEMO_REGIONS cuts every photo
+  into three disjoint regions, one per subset of DEMO_SUBSETS (train, gallery, query);
+  demo_photo_crops gives seeded random square crops inside a subset's region, labelled by
+  photo (the `demo-photos` image source).
+* Dead leaves (dead_leaves): procedural images of occluding random textured shapes, lit from
+  above by default, unlimited in number, deterministic given a generator (the `dead-leaves`
+  image source).
+
+The built-in videos (builtin_videos.py) film these photos within the same subsets and regions,
+so train, gallery and query never share a photo pixel, in images or in clips.
 """
 
 from __future__ import annotations

@@ -9,10 +9,14 @@ All of it on (B, 3, S, S) tensors, no per-sample Python loops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from permrl.config import Config
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class PuzzleGeometry:
     @property
     def max_jitter(self) -> int:
         return self.cell - self.tile
+
+
+def geometry_of(cfg: Config) -> PuzzleGeometry:
+    """The jigsaw geometry of a config's `spatial` section."""
+    s = cfg.spatial
+    return PuzzleGeometry(grid=s.grid, cell=s.cell, tile=s.tile)
 
 
 def tile_boxes(geometry: PuzzleGeometry, offsets: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Kinds: folder:/dir, fashion-mnist[:/dir], demo-photos, dead-leaves, demo, voc2007:/dir (see
 open_source).
 Every kind takes `?limit=N` (first N items). Whole-source problems raise SourceError; single
-unreadable images load as None and are counted by the caller (SkipCounter).
+unreadable images load as None and are counted by the caller (SkipCounter). ImageSource and
+SourceError live in permrl.data.image_source (voc.py needs them and nothing else from here);
+import them from this module.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from permrl.data.builtin import DEMO_SUBSETS, dead_leaves, demo_photo, demo_photo_crops
-from permrl.data.images import IMAGE_EXTENSIONS, decode_image, resize_square
+from permrl.data.image_source import ImageSource, SourceError
+from permrl.data.images import IMAGE_EXTENSIONS, resize_square
+from permrl.data.voc import open_voc2007
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where Debian's dataset-fashion-mnist package puts the IDX files."""
@@ -37,89 +41,6 @@ DEMO_MIX_CROPS = 64
 SOURCE_KINDS: tuple[str, ...] = (
     "folder", "fashion-mnist", "demo-photos", "dead-leaves", "demo", "voc2007",
 )  # fmt: skip
-
-
-class SourceError(ValueError):
-    """A problem with a whole image source (bad spec, missing path, nothing readable)."""
-
-
-class ImageSource:
-    """A finite, indexable collection of images with optional integer labels.
-
-    items[i] is a file path (decoded lazily), an image array (H, W[, 3], uint8) or a callable
-    returning one (or None). labels: int64, -1 where unlabelled; classes: the label names
-    (empty when unlabelled). notes: remarks worth showing the user (e.g. ignored files).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        items: Sequence[Any],
-        labels: np.ndarray | None = None,
-        classes: Sequence[str] = (),
-        notes: Sequence[str] = (),
-    ) -> None:
-        self.name = name
-        self.items = items
-        n = len(items)
-        self.labels = (
-            np.full(n, -1, dtype=np.int64)
-            if labels is None
-            else np.asarray(labels, dtype=np.int64).reshape(-1)
-        )
-        if len(self.labels) != n:
-            raise ValueError(f"{len(self.labels)} labels for {n} items")
-        self.classes = list(classes)
-        self.notes = list(notes)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __repr__(self) -> str:
-        return f"ImageSource({self.name!r}, {len(self)} items, {len(self.classes)} classes)"
-
-    def load(self, i: int) -> np.ndarray | None:
-        """Image i as uint8 (H, W, 3), or None if it cannot be read."""
-        item = self.items[i]
-        if isinstance(item, (str, os.PathLike)):
-            return decode_image(item)
-        if callable(item):
-            item = item()
-            if item is None:
-                return None
-        arr = np.asarray(item, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        return arr
-
-    def describe(self, i: int) -> str:
-        """A human-readable id of item i: its path, or `name[i]` for generated items."""
-        item = self.items[i]
-        if isinstance(item, (str, os.PathLike)):
-            return os.fspath(item)
-        return f"{self.name}[{i}]"
-
-    def head(self, n: int) -> ImageSource:
-        """A source of the first n items (all if n >= len)."""
-        keep = min(max(n, 0), len(self))
-        return ImageSource(
-            self.name, _Slice(self.items, keep), self.labels[:keep], self.classes, self.notes
-        )
-
-
-class _Slice(Sequence):
-    """The first n items of a sequence, without copying it."""
-
-    def __init__(self, items: Sequence[Any], n: int) -> None:
-        self.base, self.n = items, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        if not -self.n <= i < self.n:
-            raise IndexError(i)
-        return self.base[i % self.n]
 
 
 class _Concat(Sequence):
@@ -303,12 +224,6 @@ def _dead_leaves_source(
     return ImageSource(spec, _DeadLeavesItems(count, size, seed))
 
 
-def _voc2007_source(spec: str, path: str, opt: dict[str, Any]) -> ImageSource:
-    from permrl.data.voc import open_voc2007  # voc imports this module
-
-    return open_voc2007(spec, path, opt["subset"], opt["mode"], opt["min_pixels"])
-
-
 # Parsing -------------------------------------------------------------------------------------
 
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -415,7 +330,9 @@ def open_source(spec: str) -> ImageSource:
             ],
             spec,
         ),
-        "voc2007": lambda: _voc2007_source(spec, path, opt),
+        "voc2007": lambda: open_voc2007(
+            spec, path, opt["subset"], opt["mode"], opt["min_pixels"]
+        ),
     }
     source = makers[kind]()
     if opt["limit"] is not None:

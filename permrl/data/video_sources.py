@@ -16,6 +16,7 @@ import numpy as np
 
 from permrl.data import builtin_videos
 from permrl.data.builtin import DEMO_SUBSETS
+from permrl.data.image_source import item_labels
 from permrl.data.images import IMAGE_EXTENSIONS, decode_image
 from permrl.data.sources import SkipCounter, SourceError, split_spec
 from permrl.data.videos import VIDEO_EXTENSIONS, count_frames, probe_video, read_clip
@@ -65,13 +66,7 @@ class VideoSource:
         self.name = name
         self.items = list(items)
         n = len(self.items)
-        self.labels = (
-            np.full(n, -1, dtype=np.int64)
-            if labels is None
-            else np.asarray(labels, dtype=np.int64).reshape(-1)
-        )
-        if len(self.labels) != n:
-            raise ValueError(f"{len(self.labels)} labels for {n} videos")
+        self.labels = item_labels(labels, n, "videos")
         self.classes = list(classes)
         self.notes = list(notes)
         self.threads = threads

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from permrl.data.image_source import ImageSource, SourceError
 from permrl.data.images import decode_image
-from permrl.data.sources import ImageSource, SourceError
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

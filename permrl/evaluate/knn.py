@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -206,10 +207,53 @@ def _image_dataset_api() -> tuple[Any, Any]:
     return ImageDataset, collate_images
 
 
-def _require_labels(source: Any, role: str) -> None:
-    labels = torch.as_tensor(source.labels)
-    if labels.numel() == 0 or not bool((labels >= 0).any()):
-        raise ValueError(f"{role} source {source.name!r} has no labels; kNN retrieval needs them")
+def check_feature_settings(layer: str, bn_stats: str) -> None:
+    """ValueError unless `layer` is a trunk block and `bn_stats` is "gallery" or "stored"."""
+    if layer not in BLOCKS:
+        raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(BLOCKS)}")
+    if bn_stats not in ("gallery", "stored"):
+        raise ValueError(f"bn_stats must be 'gallery' or 'stored', not {bn_stats!r}")
+
+
+def require_labels(source: Any, role: str, needed_by: str) -> None:
+    """ValueError naming `needed_by` unless some item of `source` has a label (>= 0)."""
+    labels = np.asarray(source.labels)
+    if labels.size == 0 or not (labels >= 0).any():
+        raise ValueError(f"{role} source {source.name!r} has no labels; {needed_by} needs them")
+
+
+def source_features(
+    trunk: nn.Module,
+    sources: Sequence[Any],
+    *,
+    bn_source: Any,
+    layer: str,
+    input_size: int,
+    conv1_stride: int | None,
+    batch_size: int,
+    workers: int,
+    device: str | torch.device,
+) -> list[tuple[Tensor, Tensor, Tensor, list[str]]]:
+    """`extract_features` of each source's centre crops (`input_size` px), in order.
+
+    One copy of `trunk` on `device` serves every source; its BN statistics are first
+    re-estimated on `bn_source`'s centre crops (`reestimate_bn`), or kept as stored when
+    `bn_source` is None. `trunk` itself is left untouched.
+    """
+    image_dataset, collate = _image_dataset_api()
+
+    def loader(source: Any) -> DataLoader:
+        dataset = image_dataset(source, input_size, crop="center")
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
+        )
+
+    device = torch.device(device)
+    model = copy.deepcopy(trunk).to(device)
+    if bn_source is not None:
+        batches = (normalise_images(b["images"]) for b in loader(bn_source))
+        model = reestimate_bn(model, batches, layer, conv1_stride)
+    return [extract_features(model, loader(s), layer, conv1_stride, device) for s in sources]
 
 
 def knn_features(
@@ -230,30 +274,14 @@ def knn_features(
     Centre crops at `input_size`; with bn_stats="gallery" (default) the BN statistics are first
     re-estimated on the gallery images, for every network alike (design §7).
     """
-    if layer not in BLOCKS:
-        raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(BLOCKS)}")
-    if bn_stats not in ("gallery", "stored"):
-        raise ValueError(f"bn_stats must be 'gallery' or 'stored', not {bn_stats!r}")
-    _require_labels(train_source, "train")
-    _require_labels(test_source, "test")
-    image_dataset, collate = _image_dataset_api()
-
-    def loader(source: Any) -> DataLoader:
-        dataset = image_dataset(source, input_size, crop="center")
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
-        )
-
-    device = torch.device(device)
-    model = copy.deepcopy(trunk).to(device)
-    if bn_stats == "gallery":
-        gallery_batches = (normalise_images(b["images"]) for b in loader(train_source))
-        model = reestimate_bn(model, gallery_batches, layer, conv1_stride)
-    g_feat, g_lab, g_idx, g_skip = extract_features(
-        model, loader(train_source), layer, conv1_stride, device
-    )
-    q_feat, q_lab, q_idx, q_skip = extract_features(
-        model, loader(test_source), layer, conv1_stride, device
+    check_feature_settings(layer, bn_stats)
+    require_labels(train_source, "train", "kNN retrieval")
+    require_labels(test_source, "test", "kNN retrieval")
+    (g_feat, g_lab, g_idx, g_skip), (q_feat, q_lab, q_idx, q_skip) = source_features(
+        trunk, [train_source, test_source],
+        bn_source=train_source if bn_stats == "gallery" else None, layer=layer,
+        input_size=input_size, conv1_stride=conv1_stride, batch_size=batch_size, workers=workers,
+        device=device,
     )
     return (g_feat, g_lab, g_idx), (q_feat, q_lab, q_idx), len(g_skip) + len(q_skip)
 

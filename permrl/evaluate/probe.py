@@ -18,26 +18,17 @@ flattened layer, on whatever labelled source is given.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from permrl.evaluate.knn import (
-    _image_dataset_api,
-    extract_features,
-    normalise_images,
-    reestimate_bn,
-)
+from permrl.evaluate.knn import check_feature_settings, require_labels, source_features
 from permrl.files import atomic_path
-from permrl.models.trunk import BLOCKS
 
 CACHE_VERSION = 1
 """Bumped whenever the cached content changes meaning (part of every cache file name)."""
@@ -146,10 +137,7 @@ def cached_features(
     name is a sha256 of `key`, the trunk's weights, the source name and size, layer, input
     size, conv1 stride and the BN statistics used, so any change misses the cache.
     """
-    if layer not in BLOCKS:
-        raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(BLOCKS)}")
-    if bn_stats not in ("gallery", "stored"):
-        raise ValueError(f"bn_stats must be 'gallery' or 'stored', not {bn_stats!r}")
+    check_feature_settings(layer, bn_stats)
     if bn_stats == "gallery" and bn_source is None:
         bn_source = source
     if bn_stats == "stored":
@@ -161,19 +149,9 @@ def cached_features(
     hit = _load_cache(path, fields)
     if hit is not None:
         return hit
-    image_dataset, collate = _image_dataset_api()
-
-    def loader(src: Any) -> DataLoader:
-        return DataLoader(image_dataset(src, input_size, crop="center"), batch_size=batch_size,
-                          shuffle=False, num_workers=workers, collate_fn=collate)
-
-    device = torch.device(device)
-    model = copy.deepcopy(trunk).to(device)
-    if bn_source is not None:
-        batches = (normalise_images(b["images"]) for b in loader(bn_source))
-        model = reestimate_bn(model, batches, layer, conv1_stride)
-    feats, labels, indices, _ = extract_features(model, loader(source), layer, conv1_stride,
-                                                 device)
+    [(feats, labels, indices, _)] = source_features(
+        trunk, [source], bn_source=bn_source, layer=layer, input_size=input_size,
+        conv1_stride=conv1_stride, batch_size=batch_size, workers=workers, device=device)
     feats = feats.float().contiguous()
     _save_cache(path, fields, feats, labels, indices)
     return feats, labels, indices
@@ -331,10 +309,8 @@ def evaluate_probe(
     both splits. `probe_options` go to train_probe (epochs, lr, weight_decay, optimizer,
     hidden, ...; `probe_batch_size` is its batch size). Returns a JSON-able dict.
     """
-    for role, src in (("train", train_source), ("test", test_source)):
-        labels = np.asarray(src.labels)
-        if labels.size == 0 or not (labels >= 0).any():
-            raise ValueError(f"{role} source {src.name!r} has no labels; a probe needs them")
+    require_labels(train_source, "train", "a probe")
+    require_labels(test_source, "test", "a probe")
     common = dict(layer=layer, input_size=input_size, conv1_stride=conv1_stride,
                   cache_dir=cache_dir, key=key, bn_stats=bn_stats,
                   bn_source=train_source if bn_stats == "gallery" else None,

@@ -14,12 +14,14 @@ from permrl.checkpoint import load_checkpoint
 from permrl.config import Config, config_from_dict, load_config
 from permrl.data.sources import open_source
 from permrl.data.video_sources import VIDEO_SOURCE_KINDS, open_video_source
+from permrl.distributed import resolve_device
 from permrl.evaluate.finetune import finetune
 from permrl.evaluate.knn import evaluate_knn
 from permrl.evaluate.probe import checkpoint_key, evaluate_probe
 from permrl.evaluate.video_knn import VideoFrames, evaluate_video_knn
+from permrl.models.build import build_model
 from permrl.models.trunk import CaffeNetBN
-from permrl.train import RunError, build_model, resolve_device
+from permrl.run_dir import RunError
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 `compute_state` is the exact, cheap path of design §6: trunk + fc6 run once per validation tile
 (frame); every permutation then only re-indexes the cached fc6 features inside the head.
+`sharded_state` splits X_val across torchrun's processes (bitwise the one-process state).
 `naive_state` is the reference: shuffle the parts by every permutation and run the whole model.
 Both run in eval mode, so they agree to float tolerance.
 
@@ -13,11 +14,15 @@ correct implies ratio >= 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from permrl.data.samples import shuffle_tiles
+
+if TYPE_CHECKING:
+    from permrl.distributed import Distributed
 
 
 def softmax_ratio(logits: Tensor, labels: Tensor) -> Tensor:
@@ -149,3 +154,41 @@ def naive_state(
         model.train(was_training)
     return NetworkState.from_matrices(ratios.view(num_perms, num_val),
                                      predicted.view(num_perms, num_val))
+
+
+def puzzle_accuracy(
+    model: nn.Module, task: str, val_parts: Tensor, permutations: Tensor
+) -> float:
+    """Accuracy over all |Psi| x |X_val| permuted validation samples: 1 - Eq. 6 error.
+
+    The trunk and fc6 run once per validation tile (frame); every permutation is then evaluated
+    from the cached features (exact in eval mode, design §6).
+    """
+    return 1.0 - compute_state(model, task, val_parts, permutations).error
+
+
+def state_shards(num_val: int, world_size: int, sample_chunk: int) -> list[range]:
+    """Each process's block of X_val, in whole `sample_chunk`s, so that every chunk is computed
+    exactly as one process computes it (the state is then bitwise the one-process state)."""
+    chunks = -(-num_val // sample_chunk)
+    per = [chunks // world_size + (r < chunks % world_size) for r in range(world_size)]
+    starts = [sum(per[:r]) * sample_chunk for r in range(world_size + 1)]
+    return [range(min(starts[r], num_val), min(starts[r + 1], num_val))
+            for r in range(world_size)]
+
+
+def sharded_state(
+    model: nn.Module, task: str, val_parts: torch.Tensor, permutations: torch.Tensor,
+    env: Distributed, sample_chunk: int = 8,
+) -> NetworkState:
+    """`compute_state` with X_val split across the processes, gathered on all of them."""
+    if not env.enabled:
+        return compute_state(model, task, val_parts, permutations, sample_chunk=sample_chunk)
+    shards = state_shards(val_parts.shape[0], env.world_size, sample_chunk)
+    mine = shards[env.rank]
+    local = compute_state(model, task, val_parts[mine.start : mine.stop], permutations,
+                          sample_chunk=sample_chunk)
+    counts = [len(s) for s in shards]
+    ratios = env.gather_columns(local.ratios, counts)
+    predicted = env.gather_columns(local.predicted, counts)
+    return NetworkState.from_matrices(ratios, predicted)

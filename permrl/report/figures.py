@@ -7,7 +7,9 @@ file) when the data it needs is absent from the run directory. The figures follo
 - Fig. 3 (:func:`plot_fig3_neighbours`): queries and their top-5 nearest neighbours.
 - Fig. 4 (:func:`plot_fig4_quartiles`): per episode, the share of chosen permutations in each
   difficulty quartile (quartile 0 = easiest, by validation error at the episode's start).
-- Fig. 5 (:func:`plot_fig5_retrieval`): kNN Top-1 over training steps, one line per variant.
+- Fig. 5 (:func:`plot_fig5_retrieval`): kNN Top-1 over training steps, one line per variant;
+  over several seeds (:func:`plot_seed_bands`) the mean with a band from the lowest to the
+  highest seed, as for the held-out puzzle accuracy over training.
 - Fig. 6 (:func:`plot_fig6_permutation_errors`): per-permutation validation error over time,
   rows sorted by mean error, (A) with the policy and (B) without.
 
@@ -324,6 +326,20 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
 
 
 # Fig. 5 -----------------------------------------------------------------------------------
+def _variant_axes(ax, metric: str, references: dict[str, float]) -> None:
+    """Labels, grid and the variant legend of a curves-over-training figure, with a dotted
+    horizontal line per reference value (random init, chance)."""
+    for name, value in references.items():
+        ax.axhline(value, color="grey", ls=":", lw=1.2)
+        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right",
+                    va="bottom", fontsize=8, color="#555555")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="variant",
+              title_fontsize=8)
+
+
 def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str | Path,
                         reference: dict[str, float] | None = None,
                         metric: str = "kNN Top-1",
@@ -345,19 +361,45 @@ def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str
         values = [v * scale for _, v in points]
         ax.plot(steps, values, marker="o", ms=3.5, lw=1.6, color=cmap(i % 10), label=name,
                 ls="-" if name in with_policy else "--")
-    for name, value in (reference or {}).items():
-        value = value * 100 if value <= 1.0 and scale == 100.0 else value
-        ax.axhline(value, color="grey", ls=":", lw=1.2)
-        ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right",
-                    va="bottom", fontsize=8, color="#555555")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="variant",
-              title_fontsize=8)
+    _variant_axes(ax, metric, {name: value * 100 if value <= 1.0 and scale == 100.0 else value
+                               for name, value in (reference or {}).items()})
     _title(fig, f"Fig. 5: {metric} nearest-neighbour retrieval during training",
            "Cosine similarity of pool5 features, test items as queries; solid = an adaptive "
            "sampler (config policy other than uniform), dashed = uniform")
+    return _save(fig, out_png)
+
+
+def seed_band(runs: Sequence[Sequence[tuple[int, float]]]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, min, max) over seeds at the steps every seed recorded."""
+    common = sorted(set.intersection(*(set(s for s, _ in points) for points in runs)))
+    values = np.array([[dict(points)[s] for s in common] for points in runs], dtype=np.float64)
+    return np.array(common), values.mean(0), values.min(0), values.max(0)
+
+
+def plot_seed_bands(series: dict[str, Sequence[Sequence[tuple[int, float]]]],
+                    out_png: str | Path, *, metric: str, title: str,
+                    with_policy: Collection[str] = (), chance: float | None = None
+                    ) -> Path | None:
+    """One line per variant (the mean over its seeds) and a band from the lowest to the
+    highest seed at each step. ``series`` maps a variant to one list of (step, value) points
+    per seed (fractions or %); solid = an adaptive sampler, dashed = uniform (Fig. 5's style)."""
+    bands = {name: seed_band(runs) for name, runs in series.items()
+             if runs and all(runs) and len(seed_band(runs)[0])}
+    if not bands:
+        return None
+    scale = 100.0 if all(b[3].max() <= 1.0 for b in bands.values()) else 1.0
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    cmap = plt.get_cmap("tab10")
+    for i, (name, (steps, mean, low, high)) in enumerate(bands.items()):
+        colour = cmap(i % 10)
+        ax.fill_between(steps, low * scale, high * scale, color=colour, alpha=0.18, lw=0)
+        ax.plot(steps, mean * scale, marker="o", ms=3, lw=1.6, color=colour,
+                ls="-" if name in with_policy else "--",
+                label=f"{name} ({len(series[name])} seeds)")
+    _variant_axes(ax, metric, {} if chance is None else {"chance": chance})
+    _title(fig, title, "Line: mean over seeds; band: lowest to highest seed; solid = an "
+           "adaptive sampler, dashed = uniform")
     return _save(fig, out_png)
 
 

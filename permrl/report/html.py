@@ -5,13 +5,17 @@
 - a RUN_DIR (``metrics.jsonl`` / ``config.yaml``): header from the resolved config, training
   curves, Figs. 4 and 6 and the policy (per task, when the run has them), Fig. 5 when the run
   logged retrieval-over-training records, and the config;
-- an ablation directory (``cells.json`` or ``table.md``): the table, Fig. 5 over the variants'
-  first seeds, Fig. 6 of the first "with policy" variant against the same variant without it,
-  Fig. 4 of the first policy run, then one section per run with its training curves;
-- a demo directory (``demo.md`` and sub-run directories): the demo text and tables, Fig. 6 of
-  a policy run against its partner without the policy (e.g. ``S_T_P`` vs ``S_T``), and one
-  section per sub run with its figures.
+- an ablation directory (``cells.json``): the summary and tables of ``table.md`` (rendered from
+  the cells with :mod:`permrl.ablate`'s functions), Fig. 5 over the variants' first seeds,
+  Fig. 6 of the first "with policy" variant against the same variant without it, Fig. 4 of
+  the first policy run, then one section per run (:func:`permrl.ablate.cell_dir`) with its
+  training curves;
+- a demo directory (``demo.json``, ablation or run sub-directories): the demo's tables, Fig. 6
+  of a policy run against its partner without the policy, and one section per sub run with its
+  figures.
 
+Tables are rendered from the JSON the package writes (``cells.json``, ``demo.json``); the
+sentences around them come from the functions that write ``table.md`` and ``demo.md``.
 Figures go to ``path/figures/`` and are embedded in the HTML as base64 data URIs; the page has
 inline CSS only (no external CSS, JS, fonts or images). All text from files is escaped.
 """
@@ -19,9 +23,7 @@ inline CSS only (no external CSS, JS, fonts or images). All text from files is e
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,6 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from permrl.ablate import (
+    KS,
+    ablation_tables,
+    cell_dir,
+    paired_rows,
+    summary_rows,
+    summary_sentences,
+    summary_table,
+    uniform_twin,
+)
+from permrl.config import TASKS, load_config
 from permrl.report import figures as F
 
 CSS = """
@@ -50,6 +63,7 @@ pre { background: #f6f6f6; border: 1px solid #ddd; padding: .8em; overflow-x: au
 code { background: #f2f2f2; padding: 0 .2em; }
 nav ul { columns: 3; }
 .muted { color: #777; }
+.notes { white-space: pre-line; }
 """
 
 CAPTIONS = {
@@ -68,116 +82,38 @@ CAPTIONS = {
 }
 
 
-# Markdown and CSV to HTML ---------------------------------------------------------------
+# Tables -----------------------------------------------------------------------------------
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?$")
 
 
 def _inline(text: str) -> str:
-    """Escape text, then render `code` and **bold**."""
-    out = html.escape(text, quote=False)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    """Escape text, then render the **bold** of the package's notes and paired cells."""
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", html.escape(text, quote=False))
 
 
-def _cells(line: str) -> list[str]:
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|") and not line.endswith("\\|"):
-        line = line[:-1]
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
-
-
-def _is_separator(line: str) -> bool:
-    cells = _cells(line)
-    return bool(cells) and all(re.fullmatch(r":?-{1,}:?", c) for c in cells)
-
-
-def table_html(rows: list[list[str]], header: bool = True,
-               align: list[str | None] | None = None) -> str:
-    """An HTML table of string rows (escaped); numeric cells get class "num"."""
-    if not rows:
-        return ""
-    width = max(len(r) for r in rows)
+def table_html(rows: list[list[str]]) -> str:
+    """An HTML table of string rows (the first is the header, all escaped); numeric cells get
+    class "num"."""
     parts = ["<table>"]
     for i, row in enumerate(rows):
-        tag = "th" if header and i == 0 else "td"
+        tag = "th" if i == 0 else "td"
         cells = []
-        for j in range(width):
-            text = row[j] if j < len(row) else ""
-            attrs = ""
-            a = align[j] if align is not None and j < len(align) else None
-            if a:
-                attrs = f' style="text-align: {a}"'
-            elif tag == "td" and _NUMBER.match(text.strip()):
-                attrs = ' class="num"'
+        for text in row:
+            attrs = ' class="num"' if i and _NUMBER.match(text) else ""
             cells.append(f"<{tag}{attrs}>{_inline(text)}</{tag}>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
     return "\n".join(parts)
 
 
-def _pipe_table(lines: list[str]) -> str:
-    rows = [_cells(line) for line in lines]
-    if len(lines) >= 2 and _is_separator(lines[1]):
-        align = []
-        for spec in rows[1]:
-            left, right = spec.startswith(":"), spec.endswith(":")
-            align.append("center" if left and right else "right" if right
-                         else "left" if left else None)
-        return table_html([rows[0], *rows[2:]], header=True, align=align)
-    return table_html(rows, header=False)
-
-
-def markdown_to_html(text: str, heading_offset: int = 2) -> str:
-    """A tiny GitHub-flavoured markdown subset: pipe tables, ``-``/``*`` lists, ``#`` headings
-    (shifted down by ``heading_offset`` levels), paragraphs, `code` and **bold**."""
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if not stripped:
-            i += 1
-        elif stripped.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                block.append(lines[i])
-                i += 1
-            out.append(_pipe_table(block))
-        elif re.match(r"#{1,6}\s", stripped):
-            hashes, title = stripped.split(None, 1)
-            level = min(6, len(hashes) + heading_offset)
-            out.append(f"<h{level}>{_inline(title.strip())}</h{level}>")
-            i += 1
-        elif re.match(r"[-*]\s", stripped):
-            items: list[str] = []
-            while i < len(lines) and lines[i].strip():
-                item = lines[i].strip()
-                if re.match(r"[-*]\s", item):
-                    items.append(item[2:].strip())
-                elif items and lines[i][:1].isspace():
-                    items[-1] += " " + item  # continuation line of the previous item
-                else:
-                    break
-                i += 1
-            out.append("<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + "</ul>")
-        else:
-            para = []
-            while (i < len(lines) and lines[i].strip()
-                   and not lines[i].strip().startswith("|")
-                   and not re.match(r"(#{1,6}|[-*])\s", lines[i].strip())):
-                para.append(lines[i].strip())
-                i += 1
-            out.append(f"<p>{_inline(' '.join(para))}</p>")
+def with_tables(markdown: str, tables: list[list[list[str]]]) -> str:
+    """A markdown text the package writes, as HTML: its paragraphs as text (line breaks kept),
+    its tables replaced, in order, by ``tables``, the same tables rendered from their data."""
+    rest, out = iter(tables), []
+    for block in markdown.split("\n\n"):
+        out.append(table_html(next(rest)) if block.startswith("|")
+                   else f'<p class="notes">{_inline(block)}</p>')
     return "\n".join(out)
-
-
-def csv_to_html(text: str) -> str:
-    """A CSV text (first row = header) as an HTML table."""
-    rows = [row for row in csv.reader(io.StringIO(text)) if row]
-    return table_html(rows, header=True)
 
 
 # Page building ----------------------------------------------------------------------------
@@ -313,25 +249,19 @@ def _run_figures(page: _Page, run_dir: Path, prefix: str, *, fig6: bool = True,
                         f"{task} task of {label}. " + CAPTIONS["fig6"])
 
 
-def _partner(name: str, names: list[str]) -> str | None:
-    """The variant without the policy: "S+T+P" -> "S+T", "S_T_P" -> "S_T" (if present)."""
-    tokens = re.split(r"([+_])", name)
-    if "P" not in tokens[::2]:
-        return None
-    words = [t for t in tokens[::2] if t != "P"]
-    for sep in ("+", "_"):
-        candidate = sep.join(words)
-        if candidate != name and candidate in names:
-            return candidate
-    return None
+def policy_pairs(runs: dict[str, Path]) -> list[tuple[str, str]]:
+    """(with the policy, without it) names, in the order of ``runs``: each REINFORCE run and the
+    first uniform run whose config.yaml is the same but for the seed (S+T+P and S+T, not S&T,
+    whose serial switch differs)."""
+    def rest(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in ("policy", "seed")}
 
-
-def policy_pairs(names: list[str]) -> list[tuple[str, str]]:
-    """(with policy, without policy) name pairs, in the order of ``names``."""
+    configs = {name: F.read_config(run_dir) for name, run_dir in runs.items()}
+    uniform = [name for name, config in configs.items() if config.get("policy") == "uniform"]
     pairs = []
-    for name in names:
-        partner = _partner(name, names)
-        if partner is not None:
+    for name, config in configs.items():
+        partner = next((u for u in uniform if rest(configs[u]) == rest(config)), None)
+        if config.get("policy") == "reinforce" and partner is not None:
             pairs.append((name, partner))
     return pairs
 
@@ -351,16 +281,16 @@ def _is_run_dir(path: Path) -> bool:
 
 
 def detect_kind(path: Path) -> str:
-    """"run", "ablation" or "demo" (``demo.md``, run directories or ablation directories)."""
-    if (path / "cells.json").is_file() or (path / "table.md").is_file():
+    """"run", "ablation" or "demo" (``demo.json``, run directories or ablation directories)."""
+    if (path / "cells.json").is_file():
         return "ablation"
     if (path / "metrics.jsonl").is_file() or (path / "config.yaml").is_file():
         return "run"
-    if (path / "demo.md").is_file() or any(
+    if (path / "demo.json").is_file() or any(
             _is_run_dir(p) or (p / "cells.json").is_file() for p in path.iterdir()):
         return "demo"
     raise FileNotFoundError(f"{path} is not a run, ablation or demo directory (no "
-                            "metrics.jsonl, config.yaml, cells.json, table.md, demo.md or run "
+                            "metrics.jsonl, config.yaml, cells.json, demo.json or run "
                             "sub-directories)")
 
 
@@ -375,72 +305,32 @@ def _report_run(page: _Page, run_dir: Path) -> str:
     return f"Training run {run_dir.name}"
 
 
-def _ablation_runs(root: Path) -> list[tuple[str, Any, Path, dict]]:
-    """(variant, seed, run_dir, cell) from cells.json, else from VARIANT/seedN/ directories."""
-    runs = []
-    cells_path = root / "cells.json"
-    if cells_path.is_file():
-        cells = json.loads(cells_path.read_text())
-        if isinstance(cells, dict):
-            cells = cells.get("cells", [])
-        for cell in cells if isinstance(cells, list) else []:
-            if not isinstance(cell, dict):
-                continue
-            variant, seed = str(cell.get("variant", "?")), cell.get("seed")
-            run_dir = Path(str(cell.get("run_dir", "")))
-            by_name = [root / variant / f"seed{seed}",
-                       root / variant.replace("&", "_then_") / f"seed{seed}"]
-            candidates = [run_dir, *by_name] if run_dir.is_absolute() else [
-                root / run_dir, *by_name, run_dir]
-            found = next((c for c in candidates if str(c) and _is_run_dir(c)), None)
-            if found is not None:
-                runs.append((variant, seed, found, cell))
-        if runs:
-            return runs
-    for variant_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for seed_dir in sorted(p for p in variant_dir.iterdir() if _is_run_dir(p)):
-            match = re.fullmatch(r"seed(\d+)", seed_dir.name)
-            runs.append((variant_dir.name, int(match.group(1)) if match else seed_dir.name,
-                         seed_dir, {}))
-    return runs
-
-
-def _cell_summary(cell: dict) -> str:
-    knn = cell.get("knn")
-    if not isinstance(knn, dict):
-        return ""
-    values = [f"{k}: {_fmt(v)}" for k, v in knn.items()
-              if re.fullmatch(r"top\d+", str(k)) and isinstance(v, int | float)]
+def _cell_summary(cell: dict[str, Any]) -> str:
+    knn = cell.get("knn", {})
+    values = [f"{k}: {_fmt(knn[k])}" for k in KS if k in knn]
     return f"<p>kNN retrieval of this run: {html.escape(', '.join(values))}</p>" if values else ""
 
 
 def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "") -> str:
     """Table, Figs. 5/6/4 and one section per run; ``prefix`` names figures and anchors of
     an ablation nested in a demo directory, ``title`` prefixes its section titles."""
-    runs = _ablation_runs(root)
-    variants = list(dict.fromkeys(v for v, _, _, _ in runs))
-
-    def order(run: tuple) -> tuple:
-        seed = run[1]
-        return (variants.index(run[0]), 0 if isinstance(seed, int) else 1,
-                seed if isinstance(seed, int) else 0, str(seed))
-
-    first: dict[str, Path] = {}
-    for variant, _, run_dir, _ in sorted(runs, key=order):
-        first.setdefault(variant, run_dir)
+    cells = json.loads((root / "cells.json").read_text())
+    runs = [(cell, cell_dir(root, cell["variant"], cell["seed"])) for cell in cells]
+    variants = list(dict.fromkeys(cell["variant"] for cell in cells))
+    first = {v: min((r for r in runs if r[0]["variant"] == v), key=lambda r: r[0]["seed"])[1]
+             for v in variants}
+    page.section(f"{title}Summary", f"{prefix}summary")
+    sentences = summary_sentences(summary_rows(cells), paired_rows(cells))
+    page.add("<ul>" + "".join(f"<li>{_inline(s)}</li>" for s in sentences) + "</ul>")
     page.section(f"{title}Results table", f"{prefix}table")
-    shared = dict(run_summary(runs[0][2])) if runs else {}
-    seeds = list(dict.fromkeys(str(seed) for _, seed, _, _ in runs))
+    shared = dict(run_summary(runs[0][1]))
+    seeds = list(dict.fromkeys(str(cell["seed"]) for cell in cells))
     page.add(_kv_table([("runs", len(runs)), ("variants", ", ".join(variants)),
                         ("seeds", ", ".join(seeds))]
                        + [(k, shared.get(k)) for k in ("preset", "steps", "batch size",
                                                        "image data", "video data")]))
-    if (root / "table.md").is_file():
-        page.add(markdown_to_html((root / "table.md").read_text()))
-    elif (root / "table.csv").is_file():
-        page.add(csv_to_html((root / "table.csv").read_text()))
-    else:
-        page.add('<p class="muted">No table.md or table.csv.</p>')
+    notes, _ = summary_table(cells, load_config(runs[0][1] / "config.yaml"))
+    page.add(with_tables(notes, ablation_tables(cells)))
 
     page.section(f"{title}Paper figures", f"{prefix}paper-figures")
     curves = {v: F.retrieval_curve(first[v]) for v in variants}
@@ -449,7 +339,9 @@ def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "")
                                                    with_policy=_policy_names(first)),
                    "First seed of each variant. " + CAPTIONS["fig5"]) is None:
         page.add('<p class="muted">Fig. 5: no retrieval-over-training (knn_top1) records.</p>')
-    pairs = policy_pairs(variants)
+    if len(seeds) > 1:
+        _seed_band_figures(page, runs, prefix)
+    pairs = policy_pairs(first)
     if pairs:
         with_v, without_v = pairs[0]
         _fig6_pair(page, first[with_v], first[without_v], prefix,
@@ -463,7 +355,8 @@ def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "")
                         f"{with_v}, first seed, {task} task. " + CAPTIONS["policy"])
 
     page.section(f"{title}Runs", f"{prefix}runs")
-    for index, (variant, seed, run_dir, cell) in enumerate(runs):
+    for index, (cell, run_dir) in enumerate(runs):
+        variant, seed = cell["variant"], cell["seed"]
         page.section(f"{variant}, seed {seed}", f"{prefix}run-{index:02d}-{_slug(variant)}",
                      level=3)
         rel = run_dir.relative_to(root.parent) if run_dir.is_relative_to(root.parent) \
@@ -478,11 +371,41 @@ def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "")
     return f"Ablation {root.name}"
 
 
+def _seed_band_figures(page: _Page, runs: list[tuple[dict[str, Any], Path]],
+                       prefix: str) -> None:
+    """Fig. 5 and the held-out puzzle accuracy over training, every seed of every variant: the
+    mean and a band from the lowest to the highest seed."""
+    by_variant: dict[str, list[Path]] = {}
+    for cell, run_dir in runs:
+        by_variant.setdefault(cell["variant"], []).append(run_dir)
+    adaptive = {v for v in by_variant if uniform_twin(v) is not None}
+    page.figure(f"{prefix}fig5_seed_bands", lambda p: F.plot_seed_bands(
+        {v: [F.retrieval_curve(r) for r in dirs] for v, dirs in by_variant.items()}, p,
+        metric="kNN Top-1", title="Fig. 5 over seeds: nearest-neighbour retrieval during "
+        "training", with_policy=adaptive),
+        "Every seed of every variant. " + CAPTIONS["fig5"])
+    for task in TASKS:
+        curves = {v: [F.retrieval_curve(r, f"{task}_val_accuracy") for r in dirs]
+                  for v, dirs in by_variant.items()
+                  if task in F.run_tasks(dirs[0])}
+        page.figure(f"{prefix}{task}_puzzle_seed_bands", lambda p, c=curves, t=task:
+                    F.plot_seed_bands(c, p, metric=f"{t} held-out puzzle accuracy",
+                                      title=f"Held-out {t} puzzle accuracy during training, "
+                                      "over seeds", with_policy=adaptive,
+                                      chance=F._chance(next(iter(by_variant.values()))[0], t)
+                                      if c else None),
+                    f"{task} task: accuracy over all |Psi| x |X_val| permuted held-out "
+                    "samples at each validation, every seed of every variant that trains it.")
+
+
 def _report_demo(page: _Page, root: Path) -> str:
+    from permrl.demo import demo_tables, format_table  # (permrl.demo calls write_report)
+
     runs = sorted(p for p in root.iterdir() if _is_run_dir(p))
-    if (root / "demo.md").is_file():
+    if (root / "demo.json").is_file():
+        report = json.loads((root / "demo.json").read_text())
         page.section("Summary", "summary")
-        page.add(markdown_to_html((root / "demo.md").read_text()))
+        page.add(with_tables(format_table(report), demo_tables(report)))
     if (root / "fig3_neighbours.npz").is_file():
         with np.load(root / "fig3_neighbours.npz") as f:
             grid = {k: f[k] for k in f.files}
@@ -491,12 +414,10 @@ def _report_demo(page: _Page, root: Path) -> str:
             titles=[str(t) for t in grid["titles"]], hits=grid["hits"].tolist()),
             "Paper Fig. 3: test queries (left) and their top-5 nearest training items by "
             "cosine similarity of pool5 features (Top-1 first); green border = same class.")
-    for nested in sorted(p for p in root.iterdir() if p.is_dir() and (
-            (p / "cells.json").is_file() or (p / "table.md").is_file())):
+    for nested in sorted(p for p in root.iterdir() if (p / "cells.json").is_file()):
         _report_ablation(page, nested, prefix=f"{_slug(nested.name)}_",
                          title=f"{nested.name}: ")
-    names = [r.name for r in runs]
-    pairs = policy_pairs(names)
+    pairs = policy_pairs({r.name: r for r in runs})
     if pairs:
         page.section("Fig. 6: with and without the policy", "fig6")
         for with_name, without_name in pairs:

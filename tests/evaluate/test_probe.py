@@ -80,13 +80,13 @@ def tiny_source(name: str, n: int, seed: int) -> ImageSource:
 
 def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    real = probe.extract_features
+    real = probe.source_features
 
     def wrapped(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe, "extract_features", wrapped)
+    monkeypatch.setattr(probe, "source_features", wrapped)
     return calls
 
 

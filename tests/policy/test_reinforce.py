@@ -83,7 +83,7 @@ def best_group_after(overrides: list[str], seed: int, noise: float) -> tuple[flo
     groups; reward 0.01 x (share of the best group - its start share) + Gaussian noise, i.e.
     ~1e-2 for a policy committed to it, +-2e-4 from the draw's own fluctuation."""
     from permrl.config import load_config
-    from permrl.train import make_sampler
+    from permrl.tasks import make_sampler
 
     cfg = load_config(overrides=[f"seed={seed}", *overrides])
     agent = make_sampler(cfg, "spatial", 100).learner

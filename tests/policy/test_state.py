@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from permrl.config import load_config
+from permrl.models.build import build_model
 from permrl.permutations import select_permutations
 from permrl.policy.state import NetworkState, compute_state, naive_state, softmax_ratio
-from permrl.train import build_model
 
 TINY = ["model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16",
         "spatial.cell=32", "spatial.tile=32", "temporal.frame_size=32",

@@ -220,3 +220,16 @@ def test_fig6_with_one_state_is_a_narrow_column(tmp_path, kept_figures):
     ax = kept_figures[0].axes[0]
     assert ax.get_xlim() == (-0.5, F.MIN_FIG6_COLUMNS - 0.5)
     assert any("only 1 state" in t.get_text() for t in ax.texts)
+
+
+def test_seed_band_by_hand(tmp_path):
+    """Mean, lowest and highest seed at the steps all seeds recorded (step 30: seed 1 only)."""
+    runs = [[(10, 0.2), (20, 0.4)], [(10, 0.4), (20, 0.5), (30, 0.9)], [(20, 0.6), (10, 0.0)]]
+    steps, mean, low, high = F.seed_band(runs)
+    assert steps.tolist() == [10, 20]
+    assert mean.tolist() == pytest.approx([0.2, 0.5])
+    assert low.tolist() == [0.0, 0.4] and high.tolist() == [0.4, 0.6]
+    out = F.plot_seed_bands({"S": runs, "S+P": runs[:2], "T": []}, tmp_path / "b.png",
+                            metric="kNN Top-1", title="t", with_policy={"S+P"}, chance=1.0)
+    assert out is not None and out.stat().st_size > 1000
+    assert F.plot_seed_bands({"T": []}, tmp_path / "none.png", metric="m", title="t") is None
