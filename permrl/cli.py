@@ -197,7 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"permrl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_training_commands(sub)
+    add_evaluation_commands(sub)
+    return p
 
+
+def add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """train, config, permutations, ablate, fig4, demo."""
     t = sub.add_parser("train", help="self-supervised training (spatial and/or temporal "
                        "ordering: S, T, S+T, S&T)")
     t.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -236,24 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--out", help="save to this .npy (with a .json checksum sidecar)")
     pm.set_defaults(func=cmd_permutations)
 
-    ev = sub.add_parser("eval", help="evaluate learned features")
-    evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    k = evsub.add_parser("knn", help="nearest-neighbour retrieval, Top-1/5/10/20/50 (Table 1)")
-    k.add_argument("--checkpoint", help="a training checkpoint (or use --random-init)")
-    k.add_argument("--train", help="gallery source, KIND:PATH (default: the config's "
-                   "eval.knn_train)")
-    k.add_argument("--test", help="query source, KIND:PATH (default: eval.knn_test)")
-    k.add_argument("--layer", default=None, help="trunk block (default: the config's, pool5)")
-    k.add_argument("--bn-stats", choices=["gallery", "stored"], default="gallery",
-                   help="re-estimate BatchNorm statistics on the gallery (default) or keep "
-                        "the stored ones")
-    k.add_argument("--random-init", action="store_true",
-                   help="a randomly initialised trunk (baseline row)")
-    k.add_argument("--preset", choices=list(PRESETS), default="cpu",
-                   help="architecture for --random-init without a checkpoint")
-    k.add_argument("--out", help="write the JSON result here")
-    k.set_defaults(func=cmd_eval_knn)
-
     a = sub.add_parser("ablate", help="Table 5: train and evaluate variants x seeds")
     a.add_argument("--preset", choices=list(PRESETS), default=None)
     a.add_argument("--config", help="YAML file shared by every cell")
@@ -277,6 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override (default: the checkpoint's config, its current lr held)")
     f4.add_argument("--force", action="store_true", help="replace a previous --out")
     f4.set_defaults(func=cmd_fig4)
+
+    d = sub.add_parser("demo", help="train on built-in data and compare with random init")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: 600, as examples/table5.yaml)")
+    d.set_defaults(func=cmd_demo)
+
+def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+    """eval knn | probe | finetune, report, export."""
+    ev = sub.add_parser("eval", help="evaluate learned features")
+    evsub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    k = evsub.add_parser("knn", help="nearest-neighbour retrieval, Top-1/5/10/20/50 (Table 1)")
+    k.add_argument("--checkpoint", help="a training checkpoint (or use --random-init)")
+    k.add_argument("--train", help="gallery source, KIND:PATH (default: the config's "
+                   "eval.knn_train)")
+    k.add_argument("--test", help="query source, KIND:PATH (default: eval.knn_test)")
+    k.add_argument("--layer", default=None, help="trunk block (default: the config's, pool5)")
+    k.add_argument("--bn-stats", choices=["gallery", "stored"], default="gallery",
+                   help="re-estimate BatchNorm statistics on the gallery (default) or keep "
+                        "the stored ones")
+    k.add_argument("--random-init", action="store_true",
+                   help="a randomly initialised trunk (baseline row)")
+    k.add_argument("--preset", choices=list(PRESETS), default="cpu",
+                   help="architecture for --random-init without a checkpoint")
+    k.add_argument("--out", help="write the JSON result here")
+    k.set_defaults(func=cmd_eval_knn)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run/ablation/demo")
     r.add_argument("path", help="RUN_DIR, ablation directory or demo directory")
@@ -323,11 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--preset", choices=list(PRESETS), default="cpu")
     x.set_defaults(func=cmd_export)
 
-    d = sub.add_parser("demo", help="train on built-in data and compare with random init")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
-    d.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,6 +177,125 @@ def _jsonable(value: Any) -> Any:
 # Fine-tuning ---------------------------------------------------------------------------------
 
 
+def finetune_labels(
+    train_source: Any, test_source: Any, train_images: Any, multilabel: bool
+) -> tuple[int, np.ndarray, Tensor | None, Tensor | None]:
+    """(number of classes, indices of the labelled training items, and for multi-label
+    sources the (N, C) training and test targets with -1 = ignored)."""
+    train_targets = test_targets = None
+    if multilabel:
+        for role, src in (("train", train_source), ("test", test_source)):
+            if getattr(src, "targets", None) is None:
+                raise ValueError(f"multi-label fine-tuning: {role} source {src.name!r} has no "
+                                 "targets")
+        train_targets = torch.as_tensor(np.asarray(train_source.targets), dtype=torch.float32)
+        test_targets = torch.as_tensor(np.asarray(test_source.targets), dtype=torch.float32)
+        classes = int(train_targets.shape[1])
+        usable = np.flatnonzero((train_targets != -1).any(1).numpy())
+    else:
+        train_labels = np.asarray(train_images.labels)
+        classes = len(train_source.classes) or int(train_labels.max()) + 1
+        usable = np.flatnonzero(train_labels >= 0)
+    if len(usable) == 0:
+        raise ValueError(f"train source {train_source.name!r} has no labelled items")
+    if classes < 1:
+        raise ValueError("need at least one class")
+    return classes, usable, train_targets, test_targets
+
+
+def train_finetune(
+    net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[dict[str, Any]], *,
+    steps: int, lr: float, lr_drops: Sequence[float], input_size: int,
+    crops: torch.Generator, multilabel: bool, train_targets: Tensor | None,
+    device: torch.device,
+) -> tuple[list[float], int]:
+    """`steps` SGD steps, the learning rate divided by 10 at each of `lr_drops` (fractions of
+    the steps): (the losses, unreadable training items)."""
+    drops = sorted(math.ceil(f * steps) for f in lr_drops if 0 < f < 1)
+    net.train()
+    losses: list[float] = []
+    skipped = 0
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.1 ** sum(step >= d for d in drops)
+        batch = next(batches)
+        skipped += len(batch["skipped"])
+        if batch["images"].shape[0] < 2:  # BN needs two items; an all-unreadable batch
+            continue
+        x = normalise_images(augment(batch["images"], input_size, crops)).to(device)
+        logits = net(x)
+        if multilabel:
+            loss = masked_bce(logits, train_targets[batch["index"]].to(device))
+        else:
+            loss = F.cross_entropy(logits, batch["label"].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, skipped
+
+
+def finetune_result(
+    out: Tensor, lab: Tensor, idx: Tensor, train_source: Any, test_source: Any, *,
+    classes: int, usable: int, skipped: int, steps: int, losses: list[float],
+    settings: dict[str, Any], multilabel: bool, video: bool, test_targets: Tensor | None,
+    frames_per_video: int, train_fpv: int,
+) -> dict[str, Any]:
+    """The JSON result of `finetune` from the test predictions: the metric and the protocol."""
+    st = settings
+    tail = losses[-max(1, len(losses) // 10):]
+    result: dict[str, Any] = dict(
+        train_source=str(train_source.name),
+        test_source=str(test_source.name),
+        classes=classes,
+        train_items=usable,
+        test_items=int(len(lab)),
+        skipped=skipped,
+        steps=steps,
+        final_train_loss=float(np.mean(tail)) if tail else float("nan"),
+        settings=settings,
+    )
+    common = (f"conv1-conv5 initialised from the trunk, new fc6-fc8 "
+              f"({'-'.join(map(str, st['fc_dims']))}-{classes}, dropout 0.5), SGD (momentum "
+              f"{st['momentum']}, lr {st['lr']} divided by 10 at {st['lr_drops']} of the steps, "
+              f"weight decay {st['weight_decay']}, batch {st['batch_size']}) for a fixed {steps} "
+              f"steps on random {st['input_size']} px crops with horizontal flips of images "
+              f"resized to {st['resize']} px, "
+              "BN statistics then re-estimated on training images, nothing selected on the test "
+              "set")
+    if multilabel:
+        keep = idx.numpy()
+        metrics = _mean_average_precision(out.numpy(), test_targets[keep].numpy())
+        result.update(_jsonable(metrics))
+        result["protocol"] = (f"{common}; loss: binary cross-entropy over entries with target "
+                              "!= -1 (difficult ignored); test: mean over classes of the AP of "
+                              "the sigmoid scores of one centre crop (the paper averaged 10 "
+                              "crops).")
+    elif video:
+        labelled = lab >= 0
+        out, lab, idx = out[labelled], lab[labelled], idx[labelled]
+        frame_acc = float((out.argmax(1) == lab).float().mean())
+        _, means, video_labels = video_predictions(out, lab, idx, frames_per_video)
+        video_acc = float((means.argmax(1) == video_labels).float().mean())
+        result.update(
+            test_accuracy=video_acc, video_accuracy=video_acc, frame_accuracy=frame_acc,
+            test_videos=int(len(video_labels)), frames_per_video=frames_per_video,
+            train_frames_per_video=train_fpv,
+            protocol=(f"{common}; trained on single frames ({train_fpv} evenly spaced per "
+                      f"training video); a test video's prediction is the mean softmax of its "
+                      f"{frames_per_video} evenly spaced frames (centre crops); video "
+                      "accuracy."),
+        )
+    else:
+        labelled = lab >= 0
+        result["test_items"] = int(labelled.sum())
+        result.update(
+            test_accuracy=float((out[labelled].argmax(1) == lab[labelled]).float().mean()),
+            protocol=f"{common}; test accuracy of one centre crop per image.",
+        )
+    return result
+
+
 def finetune(
     trunk: nn.Module,
     train_source: Any,
@@ -222,24 +341,8 @@ def finetune(
     train_images = VideoFrameSamples(train_source, train_fpv) if video else train_source
     test_images = VideoFrames(test_source, frames_per_video) if video else test_source
 
-    if multilabel:
-        for role, src in (("train", train_source), ("test", test_source)):
-            if getattr(src, "targets", None) is None:
-                raise ValueError(f"multi-label fine-tuning: {role} source {src.name!r} has no "
-                                 "targets")
-        train_targets = torch.as_tensor(np.asarray(train_source.targets), dtype=torch.float32)
-        test_targets = torch.as_tensor(np.asarray(test_source.targets), dtype=torch.float32)
-        classes = int(train_targets.shape[1])
-        usable = np.flatnonzero((train_targets != -1).any(1).numpy())
-    else:
-        train_labels = np.asarray(train_images.labels)
-        classes = len(train_source.classes) or int(train_labels.max()) + 1
-        usable = np.flatnonzero(train_labels >= 0)
-    if len(usable) == 0:
-        raise ValueError(f"train source {train_source.name!r} has no labelled items")
-    if classes < 1:
-        raise ValueError("need at least one class")
-
+    classes, usable, train_targets, test_targets = finetune_labels(
+        train_source, test_source, train_images, multilabel)
     device = torch.device(device)
     resize = max(input_size, round(input_size * RESIZE_RATIO))
     image_dataset, collate = _image_dataset_api()
@@ -258,28 +361,10 @@ def finetune(
                           fc_dims=fc_dims).to(device)
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
-        drops = sorted(math.ceil(f * steps) for f in lr_drops if 0 < f < 1)
-        net.train()
-        losses: list[float] = []
-        skipped = 0
-        batches = _loop(loader)
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.1 ** sum(step >= d for d in drops)
-            batch = next(batches)
-            skipped += len(batch["skipped"])
-            if batch["images"].shape[0] < 2:  # BN needs two items; an all-unreadable batch
-                continue
-            x = normalise_images(augment(batch["images"], input_size, crops)).to(device)
-            logits = net(x)
-            if multilabel:
-                loss = masked_bce(logits, train_targets[batch["index"]].to(device))
-            else:
-                loss = F.cross_entropy(logits, batch["label"].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+        losses, skipped = train_finetune(net, opt, _loop(loader), steps=steps, lr=lr,
+                                         lr_drops=lr_drops, input_size=input_size, crops=crops,
+                                         multilabel=multilabel, train_targets=train_targets,
+                                         device=device)
 
         # BN statistics of the fine-tuned network on centre crops of training images.
         bn_loader = DataLoader(Subset(train_set, usable.tolist()), batch_size=batch_size,
@@ -313,57 +398,12 @@ def finetune(
                 indices.append(b["index"])
     if not outputs:
         raise ValueError(f"no readable test items in {test_source.name!r}")
-    out, lab, idx = torch.cat(outputs), torch.cat(labels), torch.cat(indices)
-    tail = losses[-max(1, len(losses) // 10):]
-    result: dict[str, Any] = dict(
-        train_source=str(train_source.name),
-        test_source=str(test_source.name),
-        classes=classes,
-        train_items=len(usable),
-        test_items=int(len(lab)),
-        skipped=skipped + test_skipped,
-        steps=steps,
-        final_train_loss=float(np.mean(tail)) if tail else float("nan"),
-        settings=dict(input_size=input_size, resize=resize, conv1_stride=conv1_stride,
-                      batch_size=batch_size, lr=lr, momentum=momentum,
-                      weight_decay=weight_decay, lr_drops=list(lr_drops), seed=seed,
-                      fc_dims=net.fc_dims, dropout=0.5, bn_batches=bn_batches),
-    )
-    common = (f"conv1-conv5 initialised from the trunk, new fc6-fc8 "
-              f"({'-'.join(map(str, net.fc_dims))}-{classes}, dropout 0.5), SGD (momentum "
-              f"{momentum}, lr {lr} divided by 10 at {list(lr_drops)} of the steps, weight decay "
-              f"{weight_decay}, batch {batch_size}) for a fixed {steps} steps on random "
-              f"{input_size} px crops with horizontal flips of images resized to {resize} px, "
-              "BN statistics then re-estimated on training images, nothing selected on the test "
-              "set")
-    if multilabel:
-        keep = idx.numpy()
-        metrics = _mean_average_precision(out.numpy(), test_targets[keep].numpy())
-        result.update(_jsonable(metrics))
-        result["protocol"] = (f"{common}; loss: binary cross-entropy over entries with target "
-                              "!= -1 (difficult ignored); test: mean over classes of the AP of "
-                              "the sigmoid scores of one centre crop (the paper averaged 10 "
-                              "crops).")
-    elif video:
-        labelled = lab >= 0
-        out, lab, idx = out[labelled], lab[labelled], idx[labelled]
-        frame_acc = float((out.argmax(1) == lab).float().mean())
-        _, means, video_labels = video_predictions(out, lab, idx, frames_per_video)
-        video_acc = float((means.argmax(1) == video_labels).float().mean())
-        result.update(
-            test_accuracy=video_acc, video_accuracy=video_acc, frame_accuracy=frame_acc,
-            test_videos=int(len(video_labels)), frames_per_video=frames_per_video,
-            train_frames_per_video=train_fpv,
-            protocol=(f"{common}; trained on single frames ({train_fpv} evenly spaced per "
-                      f"training video); a test video's prediction is the mean softmax of its "
-                      f"{frames_per_video} evenly spaced frames (centre crops); video "
-                      "accuracy."),
-        )
-    else:
-        labelled = lab >= 0
-        result["test_items"] = int(labelled.sum())
-        result.update(
-            test_accuracy=float((out[labelled].argmax(1) == lab[labelled]).float().mean()),
-            protocol=f"{common}; test accuracy of one centre crop per image.",
-        )
-    return result
+    settings = dict(input_size=input_size, resize=resize, conv1_stride=conv1_stride,
+                    batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    lr_drops=list(lr_drops), seed=seed, fc_dims=net.fc_dims, dropout=0.5,
+                    bn_batches=bn_batches)
+    return finetune_result(
+        torch.cat(outputs), torch.cat(labels), torch.cat(indices), train_source, test_source,
+        classes=classes, usable=len(usable), skipped=skipped + test_skipped, steps=steps,
+        losses=losses, settings=settings, multilabel=multilabel, video=video,
+        test_targets=test_targets, frames_per_video=frames_per_video, train_fpv=train_fpv)
