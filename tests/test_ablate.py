@@ -183,3 +183,39 @@ def test_table_md_lists_every_seed_and_the_pairs():
     assert "| S+P | 0: 53.0, 1: 56.0, 2: 50.0 |" in md
     assert "| S+P | S | **+3.0** ± 1.0 [3/3] |" in md
     assert "| T+P | T | +0.7 ± 1.5 [2/3] |" in md
+
+
+def test_two_seeds_on_a_folder_of_real_photos_write_mean_spread_and_pairs(tmp_path):
+    """The issue's check: a 2-seed ablation on a small real photo folder (scikit-image's
+    bundled photographs, copied as files) writes mean, spread, each seed and the S+P - S pair,
+    all equal to what cells.json gives by hand."""
+    import shutil
+
+    from permrl.data.builtin import DEMO_PHOTO_NAMES, demo_photo_path
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in DEMO_PHOTO_NAMES:
+        path = demo_photo_path(name)
+        shutil.copy(path, photos / path.name)
+    out = tmp_path / "abl"
+    overrides = [o for o in TINY if not o.startswith("data.images")] + [
+        f"data.images=folder:{photos}"]
+    ablate(out, ["S", "S+P"], seeds=2, overrides=overrides)
+    cells = json.loads((out / "cells.json").read_text())
+    top1 = {(c["variant"], c["seed"]): 100 * c["knn"]["top1"] for c in cells}
+    rows = {r["variant"]: r for r in csv.DictReader((out / "table.csv").open())}
+    for v in ("S", "S+P"):
+        seeds = [top1[(v, 0)], top1[(v, 1)]]
+        assert float(rows[v]["top1_mean"]) == pytest.approx(statistics.fmean(seeds))
+        assert float(rows[v]["top1_std"]) == pytest.approx(statistics.stdev(seeds))
+        assert [float(rows[v][f"top1_seed{s}"]) for s in (0, 1)] == pytest.approx(seeds)
+    (pair,) = csv.DictReader((out / "pairs.csv").open())
+    diffs = [top1[("S+P", s)] - top1[("S", s)] for s in (0, 1)]
+    assert pair["variant"] == "S+P" and pair["twin"] == "S"
+    assert float(pair["top1_diff"]) == pytest.approx(statistics.fmean(diffs))
+    assert float(pair["top1_diff_std"]) == pytest.approx(statistics.stdev(diffs))
+    assert int(pair["top1_higher"]) == sum(d > 0 for d in diffs)
+    table = (out / "table.md").read_text()
+    assert table.startswith("Summary:\n- 2 variants, 2 seed(s) each.")
+    assert f"images folder:{photos}" in table and "Per seed (seed: value):" in table
