@@ -273,6 +273,9 @@ def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -
         said.append(f"{name}: {best['variant']} ahead ({best[f'{key}_mean']:.1f} ± "
                     f"{best[f'{key}_std']:.1f} %), next {second['variant']} "
                     f"({second[f'{key}_mean']:.1f} ± {second[f'{key}_std']:.1f}).")
+    if pairs and seeds == [1]:
+        return said + ["One seed per variant: the adaptive-vs-uniform differences below have "
+                       "no spread to be judged against (run more seeds)."]
     for p in pairs:
         found = [f"{METRIC_NAMES[k]} {p[f'{k}_diff']:+.1f} ± {p[f'{k}_diff_std']:.1f} "
                  f"({p[f'{k}_higher']}/{p[f'{k}_seeds']} seeds higher)"
@@ -316,7 +319,7 @@ def ablation_tables(cells: list[dict[str, Any]]) -> list[list[list[str]]]:
                           for k in keys)]
     rows, pairs = summary_rows(cells), paired_rows(cells)
     tables = [
-        [heads, *([r["variant"], *(f"{r[f'{k}_mean']:.1f} ± {r[f'{k}_std']:.1f}" for k in keys)]
+        [heads, *([r["variant"], *(mean_std_cell(r, k) for k in keys)]
                   for r in rows)],
         [heads, *([r["variant"], *(", ".join(f"{s}: {v:.1f}" for s, v in
                                              per_seed(cells, r["variant"], k).items()) or "-"
@@ -326,6 +329,12 @@ def ablation_tables(cells: list[dict[str, Any]]) -> list[list[list[str]]]:
                        *([p["variant"], p["twin"], *(paired_cell(p, k) for k in keys)]
                          for p in pairs)])
     return tables
+
+
+def mean_std_cell(row: dict[str, Any], key: str) -> str:
+    """"mean ± std" of a summary row, "-" where the variant does not train that task."""
+    mean = row[f"{key}_mean"]
+    return "-" if math.isnan(mean) else f"{mean:.1f} ± {row[f'{key}_std']:.1f}"
 
 
 def paired_cell(pair: dict[str, Any], key: str) -> str:

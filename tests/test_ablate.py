@@ -219,3 +219,15 @@ def test_two_seeds_on_a_folder_of_real_photos_write_mean_spread_and_pairs(tmp_pa
     table = (out / "table.md").read_text()
     assert table.startswith("Summary:\n- 2 variants, 2 seed(s) each.")
     assert f"images folder:{photos}" in table and "Per seed (seed: value):" in table
+
+
+def test_one_seed_says_there_is_no_spread_and_missing_tasks_print_a_dash():
+    from permrl.ablate import paired_rows, summary_rows, summary_sentences, summary_table
+    from permrl.config import load_config
+
+    cells = [c for c in hand_cells() if c["seed"] == 0]
+    said = summary_sentences(summary_rows(cells), paired_rows(cells))
+    assert said[0] == "4 variants, 1 seed(s) each."
+    assert said[-1].startswith("One seed per variant: the adaptive-vs-uniform differences")
+    md, _ = summary_table(cells, load_config())
+    assert "| S | 50.0 ± 0.0 | 10.0 ± 0.0 | - |" in md and "nan" not in md
