@@ -140,9 +140,10 @@ def ablate(
                    key=lambda c: (list(VARIANTS).index(c["variant"]), c["seed"]))
     (out / "cells.json").write_text(json.dumps(cells, indent=2))
     cfg = next(iter(configs.values()))
-    md, rows = summary_table(cells, cfg)
+    md, rows = summary_table(cells, cfg, out)
     pairs = paired_rows(cells)
-    summary = "\n".join(f"- {line}" for line in summary_sentences(rows, pairs))
+    summary = "\n".join(f"- {line}" for line in summary_sentences(rows, pairs,
+                                                                    policy_rows(cells, out)))
     write_atomic(out / "table.md", f"Summary:\n{summary}\n\n{md}\n")
     write_csv(out / "table.csv", rows)
     if pairs:
@@ -256,13 +257,33 @@ def paired_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
+def policy_rows(cells: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+    """Per adaptive variant and task, how far its sampler moved from uniform draws over Psi
+    (`policy_learning.policy_movement` of each seed's episodes, means over seeds): a "+P" row is
+    only a test of the policy when the policy could move."""
+    from permrl.policy_learning import policy_movement
+    from permrl.report.figures import read_metrics
+
+    rows = []
+    for v in dict.fromkeys(c["variant"] for c in cells if uniform_twin(c["variant"])):
+        records = [read_metrics(cell_dir(root, v, c["seed"])) for c in cells if c["variant"] == v]
+        for task in TASKS:
+            moved = [m for r in records if (m := policy_movement(r, task)) is not None]
+            if moved:
+                rows.append({"variant": v, "task": task, "seeds": len(moved)} | {
+                    key: statistics.fmean(m[key] for m in moved) for key in moved[0]})
+    return rows
+
+
 METRIC_NAMES = {"top1": "Top-1 retrieval", "spatial_puzzle": "spatial puzzle accuracy",
                 "temporal_puzzle": "temporal puzzle accuracy"}
 
 
-def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> list[str]:
-    """What a reader takes from the table in ten seconds: the leader on each headline metric
-    and every adaptive-vs-uniform difference that exceeds the seeds' spread."""
+def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
+                      movement: list[dict[str, Any]] = ()) -> list[str]:
+    """What a reader takes from the table in ten seconds: the leader on each headline metric,
+    every adaptive-vs-uniform difference that exceeds the seeds' spread, and how far the
+    learned policy moved from uniform draws."""
     seeds = sorted({r["seeds"] for r in rows})
     said = [f"{len(rows)} variants, {'/'.join(map(str, seeds))} seed(s) each."]
     for key, name in METRIC_NAMES.items():
@@ -273,6 +294,19 @@ def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -
         said.append(f"{name}: {best['variant']} ahead ({best[f'{key}_mean']:.1f} ± "
                     f"{best[f'{key}_std']:.1f} %), next {second['variant']} "
                     f"({second[f'{key}_mean']:.1f} ± {second[f'{key}_std']:.1f}).")
+    policy = [m for m in movement if VARIANTS[m["variant"]][1] == "policy=reinforce"]
+
+    def span(key: str, fmt: str) -> str:
+        low, high = min(m[key] for m in policy), max(m[key] for m in policy)
+        return f"{low:{fmt}}" if f"{low:{fmt}}" == f"{high:{fmt}}" else f"{low:{fmt}}-{high:{fmt}}"
+
+    if policy:
+        said.append("The learned policy (+P) moved at most "
+                    f"{max(m['max_deviation'] for m in policy):.3f} from uniform draws over Psi "
+                    f"(max |pi - q| at the last episode, {span('updates', '.0f')} updates; "
+                    "hardest quartile "
+                    f"{span('hardest_share', '.0%')} of the last draws, "
+                    "25% = uniform).")
     if pairs and seeds == [1]:
         return said + ["One seed per variant: the adaptive-vs-uniform differences below have "
                        "no spread to be judged against (run more seeds)."]
@@ -285,12 +319,13 @@ def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -
     return said
 
 
-def summary_table(cells: list[dict[str, Any]], cfg: Config) -> tuple[str, list[dict[str, Any]]]:
+def summary_table(cells: list[dict[str, Any]], cfg: Config, root: Path | None = None
+                  ) -> tuple[str, list[dict[str, Any]]]:
     """Table 5 layout as markdown (the tables of `ablation_tables` with their captions), and
     the rows of `summary_rows`."""
     keys = metric_keys(cells)
     first, rows = cells[0]["knn"], summary_rows(cells)
-    tables = iter(markdown_table(t[0], t[1:]) for t in ablation_tables(cells))
+    tables = iter(markdown_table(t[0], t[1:]) for t in ablation_tables(cells, root))
     parts = [
         f"kNN retrieval ({first['layer']}, cosine, recall@k in %, mean ± std over "
         f"{rows[0]['seeds']} seed(s)); gallery {first['train_source']} ({first['gallery']} "
@@ -308,12 +343,21 @@ def summary_table(cells: list[dict[str, Any]], cfg: Config) -> tuple[str, list[d
                   "std of the per-seed differences [seeds where the adaptive one is higher]; "
                   "**bold**: |mean| exceeds the std (a sign, not a significance test).",
                   next(tables)]
+    if root is not None and policy_rows(cells, root):
+        parts += ["How far each adaptive sampler moved from uniform draws over Psi (mean over "
+                  "seeds): max |pi - q| and KL(q || pi) at the last episode (q = group sizes / "
+                  "|Psi|); the hardest quartile's share of the draws in the last third of the "
+                  "episodes (25% = uniform); mean |t| of the policy-gradient estimate per group "
+                  "(~0.8 when the rewards carry no information about the groups).",
+                  next(tables)]
     return "\n\n".join(parts), rows
 
 
-def ablation_tables(cells: list[dict[str, Any]]) -> list[list[list[str]]]:
+def ablation_tables(cells: list[dict[str, Any]], root: Path | None = None
+                    ) -> list[list[list[str]]]:
     """The ablation's tables as text (header row first), for markdown and HTML: mean ± std
-    over seeds, each seed's value, then the adaptive variants against their uniform twins."""
+    over seeds, each seed's value, the adaptive variants against their uniform twins, and (with
+    the ablation directory `root`) how far each adaptive sampler moved."""
     keys = metric_keys(cells)
     heads = ["variant", *(k.replace("_", " ") if k.endswith("_puzzle") else k.capitalize()
                           for k in keys)]
@@ -328,6 +372,13 @@ def ablation_tables(cells: list[dict[str, Any]]) -> list[list[list[str]]]:
         tables.append([[heads[0], "vs", *heads[1:]],
                        *([p["variant"], p["twin"], *(paired_cell(p, k) for k in keys)]
                          for p in pairs)])
+    movement = policy_rows(cells, root) if root is not None else []
+    if movement:
+        tables.append([["variant", "task", "seeds", "updates", "max dev. pi - q", "KL(q, pi)",
+                        "hardest quartile (%)", "mean abs t"], *(
+            [m["variant"], m["task"], str(m["seeds"]), f"{m['updates']:.0f}",
+             f"{m['max_deviation']:.3f}", f"{m['kl']:.3f}", f"{100 * m['hardest_share']:.1f}",
+             f"{m['mean_abs_t']:.2f}"] for m in movement)])
     return tables
 
 

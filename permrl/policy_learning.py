@@ -93,6 +93,32 @@ def reward_signal(records: list[dict[str, Any]], task: str) -> dict[str, Any] | 
             "mean_abs_t": float(np.abs(t).mean()), "max_abs_t": float(np.abs(t).max())}
 
 
+def policy_movement(records: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
+    """How far a run's sampler moved from uniform draws over Psi, from its episode records:
+    at the last episode max_j |pi_j - q_j| and KL(q || pi), q_j = |c_j| / |Psi|; the share of
+    the hardest quartile of permutations in the draws of the last third of the episodes (25% =
+    uniform); and `reward_signal`'s mean |t| (~0.8 when the rewards say nothing about the
+    groups)."""
+    import math
+
+    episodes = [r for r in records if r.get("task") == task and r.get("policy_probs")
+                and r.get("group_sizes") and r.get("chosen_quartiles")]
+    if not episodes:
+        return None
+    last, third = episodes[-1], episodes[-max(1, len(episodes) // 3):]
+    sizes = last["group_sizes"][:len(last["policy_probs"])]
+    q = [size / sum(sizes) for size in sizes]
+    pi = last["policy_probs"]
+    hardest = sum(r["chosen_quartiles"][3] for r in third)
+    drawn = sum(sum(r["chosen_quartiles"]) for r in third)
+    signal = reward_signal(records, task)
+    return {"episodes": len(episodes), "updates": sum("reward" in r for r in episodes),
+            "max_deviation": max(abs(a - b) for a, b in zip(pi, q, strict=True)),
+            "kl": sum(a * math.log(a / b) for a, b in zip(q, pi, strict=True) if a > 0 and b > 0),
+            "hardest_share": hardest / drawn if drawn else float("nan"),
+            "mean_abs_t": signal["mean_abs_t"] if signal else float("nan")}
+
+
 def policy_learning(checkpoint: str | Path, out: str | Path, episodes: int, *,
                     policy: str = "reinforce", overrides: list[str] = (), force: bool = False,
                     progress: bool = True) -> dict[str, Any]:

@@ -53,6 +53,14 @@ def test_ablation_table_resume_and_layout(tmp_path, monkeypatch):
     table = (out / "table.md").read_text()
     assert "| S+P |" in table and "2 seed(s)" in table and "42 items" in table
     assert "spatial puzzle" in table and "temporal puzzle" in table  # S&T trains both
+    # How far S+P's policy moved: the table's row is the mean over seeds of each seed's own.
+    from permrl.policy_learning import policy_movement
+    from permrl.report.figures import read_metrics
+
+    seeds = [policy_movement(read_metrics(out / f"S+P/seed{s}"), "spatial") for s in (0, 1)]
+    moved = statistics.fmean(m["max_deviation"] for m in seeds)
+    assert f"| S+P | spatial | 2 | {seeds[0]['updates']:.0f} | {moved:.3f} |" in table
+    assert "- The learned policy (+P) moved at most" in table
     # A rerun skips finished cells: training is never called again.
     monkeypatch.setattr(ablate_module, "train", lambda *a, **k: pytest.fail("retrained"))
     again = ablate(out, ["S", "S+P", "S&T"], seeds=2, overrides=TINY)

@@ -79,3 +79,26 @@ def test_fig4_command_writes_quartiles_group_sizes_and_the_figure(half_trained, 
     assert (out / "fig4_spatial.png").stat().st_size > 0
     assert main(["fig4", "--checkpoint", str(tmp_path / "missing.pt"), "--out",
                  str(tmp_path / "x"), "--episodes", "3"]) == 2
+
+
+def test_policy_movement_by_hand():
+    """Two groups of sizes 3 and 1 (q = 0.75, 0.25), pi = 0.6, 0.4 at the last episode:
+    max |pi - q| = 0.15, KL(q || pi) = 0.75 ln(0.75/0.6) + 0.25 ln(0.25/0.4); the hardest
+    quartile's share over the last third of 3 episodes (the last one): 6 of 10 draws."""
+    import math
+
+    from permrl.policy_learning import policy_movement
+
+    def episode(probs, quartiles, reward):
+        record = {"task": "spatial", "policy_probs": probs, "group_sizes": [3, 1],
+                  "chosen_quartiles": quartiles, "chosen_groups": [5, 5]}
+        return record | ({"reward": reward} if reward is not None else {})
+
+    records = [episode([0.75, 0.25], [4, 3, 2, 1], None), episode([0.7, 0.3], [1, 1, 1, 1], 0.1),
+               episode([0.6, 0.4], [1, 1, 2, 6], -0.1), {"step": 5, "spatial_loss": 1.0}]
+    moved = policy_movement(records, "spatial")
+    assert moved["episodes"] == 3 and moved["updates"] == 2
+    assert moved["max_deviation"] == pytest.approx(0.15)
+    assert moved["kl"] == pytest.approx(0.75 * math.log(0.75 / 0.6) + 0.25 * math.log(0.25 / 0.4))
+    assert moved["hardest_share"] == pytest.approx(0.6)
+    assert policy_movement(records, "temporal") is None
