@@ -377,27 +377,36 @@ def seed_band(runs: Sequence[Sequence[tuple[int, float]]]
     return np.array(common), values.mean(0), values.min(0), values.max(0)
 
 
-def plot_seed_bands(series: dict[str, Sequence[Sequence[tuple[int, float]]]],
+def plot_seed_bands(panels: dict[str, dict[str, Sequence[Sequence[tuple[int, float]]]]],
                     out_png: str | Path, *, metric: str, title: str,
                     with_policy: Collection[str] = (), chance: float | None = None
                     ) -> Path | None:
-    """One line per variant (the mean over its seeds) and a band from the lowest to the
-    highest seed at each step. ``series`` maps a variant to one list of (step, value) points
-    per seed (fractions or %); solid = an adaptive sampler, dashed = uniform (Fig. 5's style)."""
-    bands = {name: seed_band(runs) for name, runs in series.items()
-             if runs and all(runs) and len(seed_band(runs)[0])}
+    """One panel per group of variants (e.g. those sharing a uniform twin: S, S+P, S+exp3),
+    one line per variant (the mean over its seeds) and a band from the lowest to the highest
+    seed at each step. ``panels`` maps a panel title to {variant: one list of (step, value)
+    points per seed} (fractions or %); solid = an adaptive sampler, dashed = uniform; a
+    variant keeps its colour in every panel."""
+    bands = {title_: {name: (seed_band(runs), len(runs)) for name, runs in series.items()
+                      if runs and all(runs) and len(seed_band(runs)[0])}
+             for title_, series in panels.items()}
+    bands = {t: b for t, b in bands.items() if b}
     if not bands:
         return None
-    scale = 100.0 if all(b[3].max() <= 1.0 for b in bands.values()) else 1.0
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    names = list(dict.fromkeys(n for b in bands.values() for n in b))
+    scale = 100.0 if all(band[3].max() <= 1.0 for b in bands.values()
+                         for band, _ in b.values()) else 1.0
+    fig, axes = plt.subplots(1, len(bands), figsize=(4.6 * len(bands) + 1.6, 4.6),
+                             squeeze=False, sharey=True)
     cmap = plt.get_cmap("tab10")
-    for i, (name, (steps, mean, low, high)) in enumerate(bands.items()):
-        colour = cmap(i % 10)
-        ax.fill_between(steps, low * scale, high * scale, color=colour, alpha=0.18, lw=0)
-        ax.plot(steps, mean * scale, marker="o", ms=3, lw=1.6, color=colour,
-                ls="-" if name in with_policy else "--",
-                label=f"{name} ({len(series[name])} seeds)")
-    _variant_axes(ax, metric, {} if chance is None else {"chance": chance})
+    for ax, (panel, series) in zip(axes[0], bands.items(), strict=True):
+        for name, ((steps, mean, low, high), seeds) in series.items():
+            colour = cmap(names.index(name) % 10)
+            ax.fill_between(steps, low * scale, high * scale, color=colour, alpha=0.18, lw=0)
+            ax.plot(steps, mean * scale, marker="o", ms=3, lw=1.6, color=colour,
+                    ls="-" if name in with_policy else "--", label=f"{name} ({seeds} seeds)")
+        _variant_axes(ax, metric, {} if chance is None else {"chance": chance})
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(panel, fontsize=10)
     _title(fig, title, "Line: mean over seeds; band: lowest to highest seed; solid = an "
            "adaptive sampler, dashed = uniform")
     return _save(fig, out_png)

@@ -375,27 +375,33 @@ def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "")
 
 def _seed_band_figures(page: _Page, runs: list[tuple[dict[str, Any], Path]],
                        prefix: str) -> None:
-    """Fig. 5 and the held-out puzzle accuracy over training, every seed of every variant: the
-    mean and a band from the lowest to the highest seed."""
+    """Fig. 5 and the held-out puzzle accuracy over training, every seed of every variant (the
+    mean and a band from the lowest to the highest seed), one panel per uniform variant and
+    the adaptive ones compared with it."""
     by_variant: dict[str, list[Path]] = {}
     for cell, run_dir in runs:
         by_variant.setdefault(cell["variant"], []).append(run_dir)
     adaptive = {v for v in by_variant if uniform_twin(v) is not None}
+
+    def panels(curve, task: str | None = None) -> dict[str, dict[str, list]]:
+        out: dict[str, dict[str, list]] = {}
+        for v, dirs in by_variant.items():
+            if task is None or task in F.run_tasks(dirs[0]):
+                family = uniform_twin(v) or ("S+T" if v == "S&T" else v)
+                out.setdefault(f"{family} and its samplers", {})[v] = [curve(r) for r in dirs]
+        return out
+
     page.figure(f"{prefix}fig5_seed_bands", lambda p: F.plot_seed_bands(
-        {v: [F.retrieval_curve(r) for r in dirs] for v, dirs in by_variant.items()}, p,
-        metric="kNN Top-1", title="Fig. 5 over seeds: nearest-neighbour retrieval during "
-        "training", with_policy=adaptive),
-        "Every seed of every variant. " + CAPTIONS["fig5"])
+        panels(F.retrieval_curve), p, metric="kNN Top-1",
+        title="Fig. 5 over seeds: nearest-neighbour retrieval during training",
+        with_policy=adaptive), "Every seed of every variant. " + CAPTIONS["fig5"])
     for task in TASKS:
-        curves = {v: [F.retrieval_curve(r, f"{task}_val_accuracy") for r in dirs]
-                  for v, dirs in by_variant.items()
-                  if task in F.run_tasks(dirs[0])}
-        page.figure(f"{prefix}{task}_puzzle_seed_bands", lambda p, c=curves, t=task:
-                    F.plot_seed_bands(c, p, metric=f"{t} held-out puzzle accuracy",
-                                      title=f"Held-out {t} puzzle accuracy during training, "
-                                      "over seeds", with_policy=adaptive,
-                                      chance=F._chance(next(iter(by_variant.values()))[0], t)
-                                      if c else None),
+        chance = F._chance(runs[0][1], task)
+        page.figure(f"{prefix}{task}_puzzle_seed_bands", lambda p, t=task, c=chance:
+                    F.plot_seed_bands(
+                        panels(lambda r, t=t: F.retrieval_curve(r, f"{t}_val_accuracy"), t), p,
+                        metric=f"{t} puzzle accuracy", with_policy=adaptive, chance=c,
+                        title=f"Held-out {t} puzzle accuracy during training, over seeds"),
                     f"{task} task: accuracy over all |Psi| x |X_val| permuted held-out "
                     "samples at each validation, every seed of every variant that trains it.")
 

@@ -229,7 +229,9 @@ def test_seed_band_by_hand(tmp_path):
     assert steps.tolist() == [10, 20]
     assert mean.tolist() == pytest.approx([0.2, 0.5])
     assert low.tolist() == [0.0, 0.4] and high.tolist() == [0.4, 0.6]
-    out = F.plot_seed_bands({"S": runs, "S+P": runs[:2], "T": []}, tmp_path / "b.png",
-                            metric="kNN Top-1", title="t", with_policy={"S+P"}, chance=1.0)
+    out = F.plot_seed_bands({"S": {"S": runs, "S+P": runs[:2]}, "T": {"T": []}},
+                            tmp_path / "b.png", metric="kNN Top-1", title="t",
+                            with_policy={"S+P"}, chance=1.0)
     assert out is not None and out.stat().st_size > 1000
-    assert F.plot_seed_bands({"T": []}, tmp_path / "none.png", metric="m", title="t") is None
+    assert F.plot_seed_bands({"T": {"T": []}}, tmp_path / "none.png", metric="m",
+                             title="t") is None
