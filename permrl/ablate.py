@@ -301,9 +301,9 @@ def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
         return f"{low:{fmt}}" if f"{low:{fmt}}" == f"{high:{fmt}}" else f"{low:{fmt}}-{high:{fmt}}"
 
     if policy:
-        said.append("The learned policy (+P) moved at most "
-                    f"{max(m['max_deviation'] for m in policy):.3f} from uniform draws over Psi "
-                    f"(max |pi - q| at the last episode, {span('updates', '.0f')} updates; "
+        said.append(f"The learned policy (+P) moved {span('max_deviation', '.3f')} from "
+                    "uniform draws over Psi (max |pi - q| at the last episode, mean over seeds; "
+                    f"{span('updates', '.0f')} updates; "
                     "hardest quartile "
                     f"{span('hardest_share', '.0%')} of the last draws, "
                     "25% = uniform).")
