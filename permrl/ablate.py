@@ -140,10 +140,10 @@ def ablate(
                    key=lambda c: (list(VARIANTS).index(c["variant"]), c["seed"]))
     (out / "cells.json").write_text(json.dumps(cells, indent=2))
     cfg = next(iter(configs.values()))
-    md, rows = summary_table(cells, cfg, out)
+    movement = policy_rows(cells, out)
+    md, rows = summary_table(cells, cfg, movement)
     pairs = paired_rows(cells)
-    summary = "\n".join(f"- {line}" for line in summary_sentences(rows, pairs,
-                                                                    policy_rows(cells, out)))
+    summary = "\n".join(f"- {line}" for line in summary_sentences(rows, pairs, movement))
     write_atomic(out / "table.md", f"Summary:\n{summary}\n\n{md}\n")
     write_csv(out / "table.csv", rows)
     if pairs:
@@ -319,13 +319,13 @@ def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
     return said
 
 
-def summary_table(cells: list[dict[str, Any]], cfg: Config, root: Path | None = None
-                  ) -> tuple[str, list[dict[str, Any]]]:
+def summary_table(cells: list[dict[str, Any]], cfg: Config,
+                  movement: list[dict[str, Any]] = ()) -> tuple[str, list[dict[str, Any]]]:
     """Table 5 layout as markdown (the tables of `ablation_tables` with their captions), and
     the rows of `summary_rows`."""
     keys = metric_keys(cells)
     first, rows = cells[0]["knn"], summary_rows(cells)
-    tables = iter(markdown_table(t[0], t[1:]) for t in ablation_tables(cells, root))
+    tables = iter(markdown_table(t[0], t[1:]) for t in ablation_tables(cells, movement))
     parts = [
         f"kNN retrieval ({first['layer']}, cosine, recall@k in %, mean ± std over "
         f"{rows[0]['seeds']} seed(s)); gallery {first['train_source']} ({first['gallery']} "
@@ -343,7 +343,7 @@ def summary_table(cells: list[dict[str, Any]], cfg: Config, root: Path | None = 
                   "std of the per-seed differences [seeds where the adaptive one is higher]; "
                   "**bold**: |mean| exceeds the std (a sign, not a significance test).",
                   next(tables)]
-    if root is not None and policy_rows(cells, root):
+    if movement:
         parts += ["How far each adaptive sampler moved from uniform draws over Psi (mean over "
                   "seeds): max |pi - q| and KL(q || pi) at the last episode (q = group sizes / "
                   "|Psi|); the hardest quartile's share of the draws in the last third of the "
@@ -353,11 +353,11 @@ def summary_table(cells: list[dict[str, Any]], cfg: Config, root: Path | None = 
     return "\n\n".join(parts), rows
 
 
-def ablation_tables(cells: list[dict[str, Any]], root: Path | None = None
+def ablation_tables(cells: list[dict[str, Any]], movement: list[dict[str, Any]] = ()
                     ) -> list[list[list[str]]]:
     """The ablation's tables as text (header row first), for markdown and HTML: mean ± std
     over seeds, each seed's value, the adaptive variants against their uniform twins, and (with
-    the ablation directory `root`) how far each adaptive sampler moved."""
+    `policy_rows`) how far each adaptive sampler moved."""
     keys = metric_keys(cells)
     heads = ["variant", *(k.replace("_", " ") if k.endswith("_puzzle") else k.capitalize()
                           for k in keys)]
@@ -372,7 +372,6 @@ def ablation_tables(cells: list[dict[str, Any]], root: Path | None = None
         tables.append([[heads[0], "vs", *heads[1:]],
                        *([p["variant"], p["twin"], *(paired_cell(p, k) for k in keys)]
                          for p in pairs)])
-    movement = policy_rows(cells, root) if root is not None else []
     if movement:
         tables.append([["variant", "task", "seeds", "updates", "max dev. pi - q", "KL(q, pi)",
                         "hardest quartile (%)", "mean abs t"], *(

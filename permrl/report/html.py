@@ -321,8 +321,8 @@ def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "")
     first = {v: min((r for r in runs if r[0]["variant"] == v), key=lambda r: r[0]["seed"])[1]
              for v in variants}
     page.section(f"{title}Summary", f"{prefix}summary")
-    sentences = summary_sentences(summary_rows(cells), paired_rows(cells),
-                                  policy_rows(cells, root))
+    movement = policy_rows(cells, root)
+    sentences = summary_sentences(summary_rows(cells), paired_rows(cells), movement)
     page.add("<ul>" + "".join(f"<li>{_inline(s)}</li>" for s in sentences) + "</ul>")
     page.section(f"{title}Results table", f"{prefix}table")
     shared = dict(run_summary(runs[0][1]))
@@ -331,8 +331,8 @@ def _report_ablation(page: _Page, root: Path, prefix: str = "", title: str = "")
                         ("seeds", ", ".join(seeds))]
                        + [(k, shared.get(k)) for k in ("preset", "steps", "batch size",
                                                        "image data", "video data")]))
-    notes, _ = summary_table(cells, load_config(runs[0][1] / "config.yaml"), root)
-    page.add(with_tables(notes, ablation_tables(cells, root)))
+    notes, _ = summary_table(cells, load_config(runs[0][1] / "config.yaml"), movement)
+    page.add(with_tables(notes, ablation_tables(cells, movement)))
 
     page.section(f"{title}Paper figures", f"{prefix}paper-figures")
     curves = {v: F.retrieval_curve(first[v]) for v in variants}
