@@ -98,6 +98,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast for the training forward on CUDA (no effect on CPU)
     compile: bool = False  # torch.compile the model for training
+    float64: bool = False  # weights and arithmetic in float64 (CPU): for exactness checks such
+    # as 2 processes = 1 process, where float32 rounding flips ReLU/max-pool decisions
     threads: int = 0  # torch intra-op threads (0 = torch default)
 
 

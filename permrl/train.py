@@ -291,7 +291,7 @@ def start_run(
     model = build_model(cfg)
     if env.enabled:  # BatchNorm statistics of the global batch, as on one process
         model = synchronise_batchnorm(model, device)
-    model = model.to(device)
+    model = model.to(device, torch.float64 if cfg.train.float64 else None)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model)
@@ -482,7 +482,9 @@ def ordering_loss(
     summed loss is scaled so that DDP's average is the mean over the global batch."""
     losses = {}
     for name, target in targets.items():
-        summed = F.cross_entropy(logits[name].float(), target, reduction="sum")
+        x = logits[name]  # bf16 under autocast: the loss in float32 (float64 kept)
+        summed = F.cross_entropy(x.to(torch.promote_types(x.dtype, torch.float32)), target,
+                                 reduction="sum")
         losses[name] = summed * world_size / int(batches[name][1].sum())
         window.add(name, summed, logits[name], target)
     return sum(losses.values())

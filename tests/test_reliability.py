@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 
 import pytest
 import torch
@@ -51,27 +50,61 @@ def metrics_of(run_dir):
     return out
 
 
+# Runs `permrl train` and SIGKILLs itself (kill -9: no handler, no cleanup) at a named moment,
+# so that where the kill lands is fixed by the run's own events, not by the machine's speed.
+KILL_AT = textwrap.dedent("""
+    import os, signal, sys
+    import permrl.bookkeeping, permrl.checkpoint, permrl.policy.samplers
+    where, at = sys.argv[1], int(sys.argv[2])
+
+    def kill_before(owner, name, now):
+        original = getattr(owner, name)
+        def wrapped(*args):
+            if now(*args):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args)
+        setattr(owner, name, wrapped)
+
+    if where == "sgd":  # step `at`: loss and gradients computed, the optimiser not yet stepped
+        kill_before(permrl.bookkeeping.StepGuard, "step", lambda self, ok, step: step == at)
+    elif where == "checkpoint":  # checkpoint-<at>.pt written, checkpoint.pt still the previous
+        kill_before(permrl.checkpoint, "_link_atomic", lambda new, link: f"{at:08d}" in new.name)
+    elif where == "reward":  # the episode ending at step `at`: its state computed, pi not updated
+        kill_before(permrl.policy.samplers.PolicySampler, "end_episode", lambda _, it, s: it == at)
+    from permrl.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
 @pytest.mark.slow
-def test_kill_minus_nine_at_random_moments_then_resume_is_exact(tmp_path):
+def test_kill_minus_nine_at_several_moments_then_resume_is_exact(tmp_path):
+    """kill -9 inside an SGD step before the first checkpoint, while a checkpoint is being
+    written, in the middle of a policy episode (at its reward), and after the last full cycle;
+    each time the run is restarted as a user would, and the end is bitwise the uninterrupted
+    run's: weights, metrics, the policy's error history. (Cycles of N + K = 3 + 2 steps: the
+    episodes end at 5, 10, 15, 20; checkpoints every 2 steps.)"""
     steps = 24
     subprocess.run(command(tmp_path / "ref", steps), check=True, capture_output=True)
     run = tmp_path / "run"
-    rng = random.Random(0)
-    kills = 0
-    proc = subprocess.Popen(command(run, steps), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    while kills < 3:
-        time.sleep(rng.uniform(2.5, 4.5))  # start-up is ~2 s; then a few steps at most
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        resume = ["--resume"] if (run / "checkpoint.pt").exists() else ["--force"]
-        proc = subprocess.Popen(command(run, steps) + resume, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    assert proc.wait() == 0
-    assert kills >= 1
+    script = tmp_path / "kill_at.py"
+    script.write_text(KILL_AT)
+    restart: list[str] = []
+    for where, at, checkpoint_after in [("sgd", 1, None), ("checkpoint", 6, 4),
+                                        ("reward", 15, 14), ("sgd", 21, 20)]:
+        args = command(run, steps)[3:] + restart  # after `python -m permrl`
+        killed = subprocess.run([sys.executable, str(script), where, str(at), *args],
+                                capture_output=True, text=True)
+        assert killed.returncode == -signal.SIGKILL, (where, at, killed.stderr[-2000:])
+        if checkpoint_after is None:  # killed before any checkpoint: the user starts again
+            assert not (run / "checkpoint.pt").exists()
+            restart = ["--force"]
+        else:
+            assert load_checkpoint(run / "checkpoint.pt")["step"] == checkpoint_after
+            restart = ["--resume"]
+        if where == "checkpoint":  # the new step file is complete but not yet the latest
+            assert (run / f"checkpoint-{at:08d}.pt").exists()
+    done = subprocess.run(command(run, steps) + restart, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
     a, b = model_of(tmp_path / "ref"), model_of(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics_of(tmp_path / "ref") == metrics_of(run)
@@ -80,20 +113,20 @@ def test_kill_minus_nine_at_random_moments_then_resume_is_exact(tmp_path):
     assert ref_policy["errors"] == run_policy["errors"]
 
 
-def wait_for_steps(run, proc, count: int) -> None:
-    deadline = time.time() + 60
-    metrics = run / "metrics.jsonl"
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        if metrics.exists() and metrics.read_text().count("\n") >= count:
+def wait_for_validation(proc: subprocess.Popen) -> None:
+    """Read the run's stderr until its first held-out validation line (step 5 in TINY): the
+    loop, and with it the signal handlers, is running. Blocks on the pipe, never on a clock."""
+    for line in proc.stderr:
+        if "held-out puzzle accuracy" in line:
             return
+    raise AssertionError(f"the run ended before its first validation (exit {proc.wait()})")
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(command(run, 5000, "train.checkpoint_every=100000"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_steps(run, proc, 3)
+    wait_for_validation(proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err  # so `train && eval` stops
@@ -110,7 +143,7 @@ def test_sigterm_to_the_process_group_spares_the_workers_and_resume_continues(tm
     proc = subprocess.Popen(command(run, 5000, "train.checkpoint_every=100000"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, as under SLURM
-    wait_for_steps(run, proc, 3)
+    wait_for_validation(proc)
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err

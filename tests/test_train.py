@@ -85,6 +85,22 @@ def records(run_dir):
     return out
 
 
+def test_float64_trains_in_float64_and_its_first_step_is_the_float32_step(tmp_path):
+    """train.float64 (the exactness checks of tests/test_distributed.py): float64 weights and
+    BatchNorm statistics; from the same initial weights, data and permutations its first
+    update equals the float32 one to float32 rounding."""
+    runs = {}
+    for dtype in ("false", "true"):
+        cfg = tiny("train.steps=1", "train.optimizer=sgd", "train.lr=0.01",
+                   "train.schedule=constant", f"train.float64={dtype}")
+        train(cfg, tmp_path / dtype, progress=False)
+        runs[dtype] = weights(tmp_path / dtype)
+    for name, w in runs["true"].items():
+        f32 = runs["false"][name]
+        assert w.dtype == (torch.float64 if f32.is_floating_point() else f32.dtype), name
+        torch.testing.assert_close(w.to(f32.dtype), f32, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_workers_do_not_change_the_result(tmp_path):
     train(tiny("train.steps=4"), tmp_path / "w0", progress=False)
     train(tiny("train.steps=4", "data.workers=2"), tmp_path / "w2", progress=False)

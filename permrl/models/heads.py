@@ -195,7 +195,7 @@ class OrderingNet(nn.Module):
         self.channels_last = channels_last  # ~20% faster convolutions on CPU
 
     def trunk_output(self, parts: torch.Tensor) -> torch.Tensor:
-        x = parts.flatten(0, 1)
+        x = parts.flatten(0, 1).to(next(self.trunk.parameters()).dtype)  # train.float64
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.trunk(x)
