@@ -127,6 +127,19 @@ def cmd_fig4(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from permrl.landscape.report import run_landscape
+
+    horizons = [int(k) for k in args.horizons.split(",") if k.strip()]
+    run_landscape(args.checkpoint, args.out, task=args.task, horizons=horizons,
+                  replicates=args.replicates, cycles=args.cycles, bn_batches=args.bn_batches,
+                  lr=args.lr, overrides=args.set or [], seed=args.seed, force=args.force)
+    print((Path(args.out) / "landscape.md").read_text(), end="")
+    out = Path(args.out)
+    print(f"figure {out / 'landscape.png'}; every gain {out / 'landscape.csv'}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.reference:
         from permrl.config_reference import reference
@@ -265,6 +278,24 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
                     help="override (default: the checkpoint's config, its current lr held)")
     f4.add_argument("--force", action="store_true", help="replace a previous --out")
     f4.set_defaults(func=cmd_fig4)
+
+    ls = sub.add_parser("landscape", help="can a policy learn here? every group / tilt of Psi "
+                        "trained K steps from a checkpoint, R replicates, against uniform")
+    ls.add_argument("--checkpoint", required=True, help="a run directory or checkpoint file")
+    ls.add_argument("--out", required=True, help="folder for landscape.{json,csv,md,png}")
+    ls.add_argument("--task", default=None, help="spatial | temporal (default: the first)")
+    ls.add_argument("--horizons", default="5,40", help="episode lengths K, comma-separated")
+    ls.add_argument("--replicates", type=int, default=4)
+    ls.add_argument("--cycles", type=int, default=8,
+                    help="ordinary N + K cycles for the noise of the Eq. 7 reward")
+    ls.add_argument("--bn-batches", type=int, default=4,
+                    help="uniform batches the re-estimated BatchNorm statistics are taken on")
+    ls.add_argument("--lr", type=float, default=None,
+                    help="held learning rate (default: the checkpoint's current one)")
+    ls.add_argument("--seed", type=int, default=0)
+    ls.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    ls.add_argument("--force", action="store_true", help="replace a previous landscape")
+    ls.set_defaults(func=cmd_landscape)
 
     d = sub.add_parser("demo", help="train on built-in data and compare with random init")
     d.add_argument("--out", default="runs/demo")

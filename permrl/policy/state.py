@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from permrl.data.samples import shuffle_tiles
@@ -44,11 +45,13 @@ class NetworkState:
     ratios: Tensor  # (|Psi|, |X_val|) float: s, row i = permutation psi_i (Eq. 4)
     predicted: Tensor  # (|Psi|, |X_val|) long: argmax of y*, the predicted permutation
     error: float  # Eq. 6: 1 - mean(correct)
+    cross_entropy: Tensor | None = None  # (|Psi|, |X_val|): -log y*_l, from the same logits
 
     @classmethod
-    def from_matrices(cls, ratios: Tensor, predicted: Tensor) -> NetworkState:
+    def from_matrices(cls, ratios: Tensor, predicted: Tensor,
+                      cross_entropy: Tensor | None = None) -> NetworkState:
         """The state with its error, Eq. 6: E = 1 - mean over all |Psi| x |X_val| pairs."""
-        state = cls(ratios, predicted, 0.0)
+        state = cls(ratios, predicted, 0.0, cross_entropy)
         state.error = 1.0 - state.correct.double().mean().item()
         return state
 
@@ -98,6 +101,7 @@ def compute_state(
     num_perms, num_val = perms.shape[0], val_parts.shape[0]
     ratios = torch.empty(num_perms, num_val)
     predicted = torch.empty(num_perms, num_val, dtype=torch.long)
+    cross_entropy = torch.empty(num_perms, num_val)
     was_training = model.training
     model.eval()
     try:
@@ -113,11 +117,13 @@ def compute_state(
                     flat, flat_labels = logits.flatten(0, 1), labels.flatten()
                     r = softmax_ratio(flat, flat_labels).view_as(labels)
                     ratios[p0 : p0 + psi.shape[0], v0:v1] = r.T.cpu()
+                    ce = F.cross_entropy(flat.float(), flat_labels, reduction="none")
+                    cross_entropy[p0 : p0 + psi.shape[0], v0:v1] = ce.view_as(labels).T.cpu()
                     top = flat.argmax(dim=1).view_as(labels)
                     predicted[p0 : p0 + psi.shape[0], v0:v1] = top.T.cpu()
     finally:
         model.train(was_training)
-    return NetworkState.from_matrices(ratios, predicted)
+    return NetworkState.from_matrices(ratios, predicted, cross_entropy)
 
 
 def naive_state(
@@ -139,6 +145,7 @@ def naive_state(
     pair_val = torch.arange(num_val).repeat(num_perms)
     ratios = torch.empty(num_perms * num_val)
     predicted = torch.empty(num_perms * num_val, dtype=torch.long)
+    cross_entropy = torch.empty(num_perms * num_val)
     was_training = model.training
     model.eval()
     try:
@@ -150,10 +157,13 @@ def naive_state(
                 labels = idx_p.to(device)
                 ratios[k0 : k0 + len(idx_p)] = softmax_ratio(logits, labels).cpu()
                 predicted[k0 : k0 + len(idx_p)] = logits.argmax(dim=1).cpu()
+                cross_entropy[k0 : k0 + len(idx_p)] = F.cross_entropy(
+                    logits.float(), labels, reduction="none").cpu()
     finally:
         model.train(was_training)
     return NetworkState.from_matrices(ratios.view(num_perms, num_val),
-                                     predicted.view(num_perms, num_val))
+                                     predicted.view(num_perms, num_val),
+                                     cross_entropy.view(num_perms, num_val))
 
 
 def puzzle_accuracy(
@@ -191,4 +201,5 @@ def sharded_state(
     counts = [len(s) for s in shards]
     ratios = env.gather_columns(local.ratios, counts)
     predicted = env.gather_columns(local.predicted, counts)
-    return NetworkState.from_matrices(ratios, predicted)
+    cross_entropy = env.gather_columns(local.cross_entropy, counts)
+    return NetworkState.from_matrices(ratios, predicted, cross_entropy)

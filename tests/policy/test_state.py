@@ -99,6 +99,7 @@ def test_compute_state_equals_naive_state(task, extra):
         assert torch.equal(fast.correct, naive.correct)
         assert fast.error == pytest.approx(naive.error, abs=1e-12)
         assert torch.equal(fast.per_permutation_error, naive.per_permutation_error)
+        assert (fast.cross_entropy - naive.cross_entropy).abs().max().item() <= 1e-5
     model.eval()
     compute_state(model, task, val, perms)
     assert not model.training
@@ -118,4 +119,6 @@ def test_naive_state_is_the_shuffled_forward_by_hand():
                 assert state.ratios[i, x].item() == pytest.approx(
                     (p[i].item() + 1) / (others.item() + 1), abs=1e-6)
                 assert state.correct[i, x].item() == (p.argmax().item() == i)
+                assert state.cross_entropy[i, x].item() == pytest.approx(
+                    -torch.log(p[i]).item(), abs=1e-5)
     assert state.error == pytest.approx(1 - state.correct.float().mean().item())
