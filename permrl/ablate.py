@@ -257,22 +257,66 @@ def paired_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
+NULL_SHUFFLES = 200  # shuffles of a run's rewards behind each adaptive cell's null
+
+
+def run_null(run_dir: Path, task: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """`policy.null.shuffled_reward_null` of one cell: its learner rebuilt from the cell's
+    config.yaml; None for a sampler that does not learn from rewards (hardness)."""
+    from permrl.policy.null import shuffled_reward_null
+    from permrl.tasks import make_sampler
+
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.policy not in ("reinforce", "exp3"):
+        return None
+    size = getattr(cfg, task).permutations
+    per_batch = cfg.reinforce.episode_actions == "batch"
+    return shuffled_reward_null(
+        [r for r in records if r.get("task") == task],
+        lambda: make_sampler(cfg, task, size).learner, shuffles=NULL_SHUFFLES, seed=cfg.seed,
+        actions_per_draw=cfg.train.batch_size if per_batch else 1)
+
+
 def policy_rows(cells: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
     """Per adaptive variant and task, how far its sampler moved from uniform draws over Psi
-    (`policy_learning.policy_movement` of each seed's episodes, means over seeds): a "+P" row is
-    only a test of the policy when the policy could move."""
+    (`policy_learning.policy_movement` of each seed's episodes, means over seeds), and against
+    its shuffled-reward null (`policy.null`): the seeds whose max |pi - q| exceeds the null's
+    95th percentile, and the mean percentile of max |pi - q| and of mean |t| in the null. A
+    "+P" difference is only a policy effect when the policy moved beyond its null."""
     from permrl.policy_learning import policy_movement
     from permrl.report.figures import read_metrics
 
     rows = []
     for v in dict.fromkeys(c["variant"] for c in cells if uniform_twin(c["variant"])):
-        records = [read_metrics(cell_dir(root, v, c["seed"])) for c in cells if c["variant"] == v]
+        dirs = [cell_dir(root, v, c["seed"]) for c in cells if c["variant"] == v]
+        records = [read_metrics(d) for d in dirs]
         for task in TASKS:
             moved = [m for r in records if (m := policy_movement(r, task)) is not None]
-            if moved:
-                rows.append({"variant": v, "task": task, "seeds": len(moved)} | {
-                    key: statistics.fmean(m[key] for m in moved) for key in moved[0]})
+            if not moved:
+                continue
+            row = {"variant": v, "task": task, "seeds": len(moved)} | {
+                key: statistics.fmean(m[key] for m in moved) for key in moved[0]}
+            nulls = [n for d, r in zip(dirs, records, strict=True)
+                     if (d / "config.yaml").is_file() and (n := run_null(d, task, r))]
+            if nulls:
+                row |= {"null_seeds": len(nulls),
+                        "beyond_null": sum(n["beyond_null"] for n in nulls),
+                        "null_95": statistics.fmean(n["max_deviation_null_95"] for n in nulls),
+                        "null_percentile": statistics.fmean(n["max_deviation_percentile"]
+                                                            for n in nulls),
+                        "t_percentile": statistics.fmean(n["mean_abs_t_percentile"]
+                                                         for n in nulls)}
+            rows.append(row)
     return rows
+
+
+def policy_effect(movement: list[dict[str, Any]], variant: str) -> bool | None:
+    """Did the variant's sampler move beyond its null in a majority of the seeds, for every
+    task it learns on? None when no null could be computed (hardness, or no rewards)."""
+    rows = [m for m in movement if m["variant"] == variant and "null_seeds" in m]
+    if not rows:
+        return None
+    return all(2 * m["beyond_null"] > m["null_seeds"] for m in rows)
 
 
 METRIC_NAMES = {"top1": "Top-1 retrieval", "spatial_puzzle": "spatial puzzle accuracy",
@@ -307,6 +351,15 @@ def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
                     "hardest quartile "
                     f"{span('hardest_share', '.0%')} of the last draws, "
                     "25% = uniform).")
+        nulls = [m for m in policy if "null_seeds" in m]
+        if nulls:
+            beyond = sum(m["beyond_null"] for m in nulls)
+            total = sum(m["null_seeds"] for m in nulls)
+            said.append(f"Against its null (the same learner fed the run's own rewards "
+                        f"shuffled across episodes): beyond the null's 95th percentile in "
+                        f"{beyond} of {total} runs; max |pi - q| at percentile "
+                        f"{span('null_percentile', '.0f')} of the null, reward signal (mean "
+                        f"|t|) at {span('t_percentile', '.0f')}.")
     if pairs and seeds == [1]:
         return said + ["One seed per variant: the adaptive-vs-uniform differences below have "
                        "no spread to be judged against (run more seeds)."]
@@ -314,8 +367,11 @@ def summary_sentences(rows: list[dict[str, Any]], pairs: list[dict[str, Any]],
         found = [f"{METRIC_NAMES[k]} {p[f'{k}_diff']:+.1f} ± {p[f'{k}_diff_std']:.1f} "
                  f"({p[f'{k}_higher']}/{p[f'{k}_seeds']} seeds higher)"
                  for k in METRIC_NAMES if p.get(f"{k}_exceeds_spread")]
+        caveat = ""
+        if found and policy_effect(list(movement), p["variant"]) is False:
+            caveat = " (its sampler did not move beyond its null: not a policy effect)"
         said.append(f"{p['variant']} vs {p['twin']}: " + ("; ".join(found) if found else
-                    "no difference beyond the seeds' spread") + ".")
+                    "no difference beyond the seeds' spread") + caveat + ".")
     return said
 
 
@@ -348,7 +404,11 @@ def summary_table(cells: list[dict[str, Any]], cfg: Config,
                   "seeds): max |pi - q| and KL(q || pi) at the last episode (q = group sizes / "
                   "|Psi|); the hardest quartile's share of the draws in the last third of the "
                   "episodes (25% = uniform); mean |t| of the policy-gradient estimate per group "
-                  "(~0.8 when the rewards carry no information about the groups).",
+                  "(~0.8 when the rewards carry no information about the groups); the null: "
+                  f"the same learner replayed on the run's states with its rewards shuffled "
+                  f"across episodes ({NULL_SHUFFLES} shuffles), its 95th percentile of max "
+                  "|pi - q|, where the run's max |pi - q| and mean |t| fall in it, and the "
+                  "seeds beyond the 95th percentile.",
                   next(tables)]
     return "\n\n".join(parts), rows
 
@@ -374,11 +434,19 @@ def ablation_tables(cells: list[dict[str, Any]], movement: list[dict[str, Any]] 
                          for p in pairs)])
     if movement:
         tables.append([["variant", "task", "seeds", "updates", "max dev. pi - q", "KL(q, pi)",
-                        "hardest quartile (%)", "mean abs t"], *(
+                        "hardest quartile (%)", "mean abs t", "null 95th pct.",
+                        "percentile in null (dev. / t)", "beyond null"], *(
             [m["variant"], m["task"], str(m["seeds"]), f"{m['updates']:.0f}",
              f"{m['max_deviation']:.3f}", f"{m['kl']:.3f}", f"{100 * m['hardest_share']:.1f}",
-             f"{m['mean_abs_t']:.2f}"] for m in movement)])
+             f"{m['mean_abs_t']:.2f}", *null_cells(m)] for m in movement)])
     return tables
+
+
+def null_cells(m: dict[str, Any]) -> list[str]:
+    if "null_seeds" not in m:
+        return ["-", "-", "n/a (learns no reward)" if m["variant"].endswith("hardness") else "-"]
+    return [f"{m['null_95']:.3f}", f"{m['null_percentile']:.0f} / {m['t_percentile']:.0f}",
+            f"{m['beyond_null']}/{m['null_seeds']}"]
 
 
 def mean_std_cell(row: dict[str, Any], key: str) -> str:

@@ -67,6 +67,47 @@ def test_ablation_table_resume_and_layout(tmp_path, monkeypatch):
     assert [c["knn"] for c in again["cells"]] == [c["knn"] for c in cells]
 
 
+def test_each_policy_cell_is_compared_with_its_shuffled_reward_null(tmp_path):
+    """4 cycles of 1 + 1 steps: 3 rewarded episodes, enough for a null. The movement table's
+    null columns are those of `shuffled_reward_null` on the cell's own records and learner."""
+    from permrl.config import load_config
+    from permrl.policy.null import shuffled_reward_null
+    from permrl.report.figures import read_metrics
+    from permrl.tasks import make_sampler
+
+    out = tmp_path / "abl"
+    ablate(out, ["S", "S+P"], seeds=1, overrides=TINY + ["train.steps=8"])
+    cell = out / "S+P/seed0"
+    cfg = load_config(cell / "config.yaml")
+    records = [r for r in read_metrics(cell) if r.get("task") == "spatial"]
+    null = shuffled_reward_null(records, lambda: make_sampler(cfg, "spatial", 12).learner,
+                                shuffles=ablate_module.NULL_SHUFFLES, seed=cfg.seed)
+    table = (out / "table.md").read_text()
+    assert (f"| {null['max_deviation_null_95']:.3f} | {null['max_deviation_percentile']:.0f} / "
+            f"{null['mean_abs_t_percentile']:.0f} | {int(null['beyond_null'])}/1 |") in table
+    assert "Against its null (the same learner fed the run's own rewards shuffled" in table
+
+
+def test_a_difference_is_not_called_a_policy_effect_when_the_policy_stayed_in_its_null():
+    from permrl.ablate import paired_rows, summary_rows, summary_sentences
+
+    rows = {r["variant"]: r for r in summary_rows(hand_cells())}
+    pairs = {p["variant"]: p for p in paired_rows(hand_cells())}
+    stayed = [{"variant": "S+P", "task": "spatial", "seeds": 3, "updates": 12,
+               "max_deviation": 0.05, "kl": 0.01, "hardest_share": 0.25, "mean_abs_t": 0.8,
+               "null_seeds": 3, "beyond_null": 1, "null_95": 0.07, "null_percentile": 60,
+               "t_percentile": 50}]
+    said = summary_sentences(list(rows.values()), [pairs["S+P"]], stayed)
+    assert ("S+P vs S: Top-1 retrieval +3.0 ± 1.0 (3/3 seeds higher) (its sampler did not "
+            "move beyond its null: not a policy effect).") in said
+    assert ("Against its null (the same learner fed the run's own rewards shuffled across "
+            "episodes): beyond the null's 95th percentile in 1 of 3 runs; max |pi - q| at "
+            "percentile 60 of the null, reward signal (mean |t|) at 50.") in said
+    moved = [stayed[0] | {"beyond_null": 2}]
+    said = summary_sentences(list(rows.values()), [pairs["S+P"]], moved)
+    assert "S+P vs S: Top-1 retrieval +3.0 ± 1.0 (3/3 seeds higher)." in said
+
+
 def test_a_policy_cell_shorter_than_one_cycle_is_refused_before_anything_trains(tmp_path):
     with pytest.raises(ConfigError, match=r"S\+P: policy=reinforce never acts.*reinforce\."
                                           r"sgd_steps \+ reinforce.episode_batches = 101"):
