@@ -122,6 +122,8 @@ class ReinforceConfig:
     episode_actions: str = "sample"  # sample: a group per sample (K x B actions) | batch: a
     # group per episode mini-batch (K actions); policy and exp3 only
     groups: int = 10  # |C|: k-means groups of Psi = the action space
+    reward_metric: str = "error"  # what Eq. 7 extrapolates: error (0/1, Eq. 6: the paper's) |
+    # cross_entropy (mean) | log_ratio (mean log softmax ratio, Eq. 3); policy and exp3 only
     hidden: int = 16  # policy MLP hidden units
     lr: float = 1.0  # alpha of Eq. 9 (plain gradient steps on normalised advantages)
     optimizer: str = "sgd"  # sgd (Eq. 9) | adam (permrl 0.1)
@@ -192,6 +194,7 @@ CHOICES = {
     "reinforce.advantage": ("normalised", "raw"),
     "reinforce.prior": ("psi", "groups"),
     "reinforce.episode_actions": ("sample", "batch"),
+    "reinforce.reward_metric": ("error", "cross_entropy", "log_ratio"),
     "spatial.criterion": ("maxmin", "maxmean"),
     "temporal.criterion": ("maxmin", "maxmean"),
     "train.optimizer": ("adam", "sgd"),

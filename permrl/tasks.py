@@ -136,8 +136,9 @@ def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSa
         learner = Exp3S(r.groups, lr=b.exp3_lr, exploration=b.exploration, switch=b.exp3_switch)
     else:  # learns nothing from rewards: its episodes draw per sample
         learner = Hardness(r.groups, exploration=b.exploration)
-        return PolicySampler(num_permutations, learner, r.groups, seed)
-    return PolicySampler(num_permutations, learner, r.groups, seed, r.episode_actions)
+        return PolicySampler(num_permutations, learner, r.groups, seed)  # (no reward used)
+    return PolicySampler(num_permutations, learner, r.groups, seed, r.episode_actions,
+                         r.reward_metric)
 
 
 MIN_ITEMS_FOR_BAD_FRACTION = 100

@@ -83,6 +83,41 @@ def test_unreadable_samples_earn_no_credit():
     assert len(sampler.episode[0]) == 4
 
 
+@pytest.mark.parametrize(("metric", "expected"), [
+    ("error", 0.125), ("cross_entropy", 0.05), ("log_ratio", 0.2)])
+def test_the_reward_extrapolates_the_chosen_metric(metric, expected):
+    """Eq. 7 by hand on three states (iterations 10, 20, 25; 4 permutations x 2 samples):
+    errors 1, 0.75, 0.5; mean cross-entropies 2, 1.5, 1.2; mean log ratios 0, 0.2, 0.5.
+    error: 0.75 + (0.75 - 1) 5/10 - 0.5 = 0.125; cross-entropy: 1.5 - 0.25 - 1.2 = 0.05;
+    log ratio (a gain): 0.5 - (0.2 + 0.2 x 5/10) = 0.2."""
+    from permrl.policy.state import NetworkState
+
+    def state(correct: int, ce: float, log_ratio: float) -> NetworkState:
+        predicted = torch.full((4, 2), 3)  # wrong for permutations 0-2, right for 3
+        predicted.view(-1)[:correct] = torch.tensor([0, 0, 1, 1, 2, 2][:correct])
+        predicted[3] = torch.tensor([0, 0])
+        return NetworkState.from_matrices(torch.full((4, 2), float(np.exp(log_ratio))),
+                                          predicted, torch.full((4, 2), ce))
+
+    states = [state(0, 2.0, 0.0), state(2, 1.5, 0.2), state(4, 1.2, 0.5)]
+    assert [s.error for s in states] == [1.0, 0.75, 0.5]
+    sampler = PolicySampler(4, Reinforce(2, seed=0), num_groups=2, seed=0,
+                            reward_metric=metric)
+    gen = torch.Generator().manual_seed(0)
+    sampler.observe(10, states[0])
+    for iteration, s in ((20, states[1]), (25, states[2])):
+        sampler.begin_episode()
+        sampler.draw(8, gen)
+        record = sampler.end_episode(iteration, s)
+    assert record["reward"] == pytest.approx(expected)
+    assert sampler.state_dict()["values"][-1][1] == pytest.approx(
+        {"error": 0.5, "cross_entropy": 1.2, "log_ratio": -0.5}[metric])
+    from permrl.tasks import make_sampler
+
+    assert make_sampler(tiny(f"reinforce.reward_metric={metric}"), "spatial",
+                        12).reward_metric == metric
+
+
 def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

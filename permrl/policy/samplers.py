@@ -58,6 +58,19 @@ class UniformSampler:
 
 
 EPISODE_ACTIONS = ("sample", "batch")  # an episode's group: drawn per sample, or per mini-batch
+REWARD_METRICS = ("error", "cross_entropy", "log_ratio")
+
+
+def reward_value(state: NetworkState, metric: str) -> float:
+    """The quantity whose extrapolated trend Eq. 7 compares with, lower = better: the 0/1
+    error of Eq. 6 (the paper's), the mean cross-entropy, or minus the mean log softmax ratio
+    (Eq. 3), each over all |Psi| x |X_val| pairs and from the same logits as the state."""
+    if metric == "error":
+        return state.error
+    if metric == "cross_entropy":
+        assert state.cross_entropy is not None, "this state has no cross-entropy"
+        return state.cross_entropy.double().mean().item()
+    return -state.ratios.double().log().mean().item()
 
 
 class GroupLearner(Protocol):
@@ -88,13 +101,20 @@ class PolicySampler:
     `observe(iteration, state)` re-clusters Psi on the new state and fixes s_hat (the learner is
     fixed in between); `begin_episode()` / `end_episode(iteration, state)` bracket the K
     mini-batches whose actions are credited with the reward of Eq. 7.
+    `reward_metric`: what Eq. 7 extrapolates, `reward_value` (the paper: "error").
     """
 
     def __init__(self, num_permutations: int, learner: GroupLearner, num_groups: int,
-                 seed: int, episode_actions: str = "sample") -> None:
+                 seed: int, episode_actions: str = "sample", reward_metric: str = "error"
+                 ) -> None:
         if episode_actions not in EPISODE_ACTIONS:
             raise ValueError(f"episode_actions must be one of {EPISODE_ACTIONS}, got "
                              f"{episode_actions!r}")
+        if reward_metric not in REWARD_METRICS:
+            raise ValueError(f"reward_metric must be one of {REWARD_METRICS}, got "
+                             f"{reward_metric!r}")
+        self.reward_metric = reward_metric
+        self.values: list[tuple[int, float]] = []  # (iteration, reward_value) per validation
         self.num_permutations, self.learner = num_permutations, learner
         self.episode_actions = episode_actions
         self.num_groups, self.seed = num_groups, seed
@@ -143,6 +163,7 @@ class PolicySampler:
     def observe(self, iteration: int, state: NetworkState) -> None:
         """A new state s_t: regroup Psi (k-means, hardest first) and set s_hat (Eq. 10)."""
         self.errors.append((iteration, state.error))
+        self.values.append((iteration, reward_value(state, self.reward_metric)))
         ratios = state.ratios.cpu().numpy()
         errors = state.per_permutation_error.cpu().numpy()
         self.groups = group_permutations(ratios, self.num_groups, self.seed + len(self.errors))
@@ -159,7 +180,7 @@ class PolicySampler:
         assert self.episode is not None and self.groups is not None and self.s_hat is not None
         actions = torch.cat(self.episode)
         perms = torch.cat(self.episode_perms)
-        r = reward(self.errors, iteration, state.error)  # Eq. 7
+        r = reward(self.values, iteration, reward_value(state, self.reward_metric))  # Eq. 7
         record: dict[str, Any] = {
             "sampler": self.learner.kind,
             "group_sizes": self.groups.sizes.tolist(),
@@ -173,6 +194,9 @@ class PolicySampler:
             "error_after": state.error,
             "extrapolated_error": extrapolated_error(self.errors, iteration),
         }
+        if self.reward_metric != "error":  # what the reward extrapolated instead
+            record |= {"reward_metric": self.reward_metric, "value_before": self.values[-1][1],
+                       "value_after": reward_value(state, self.reward_metric)}
         if r is not None:
             record["reward"] = r
             record |= self.learner.update(self.s_hat, self.mask(), actions, r)
@@ -185,7 +209,8 @@ class PolicySampler:
         return {"kind": self.learner.kind, "learner": self.learner.state_dict(),
                 "groups": dataclasses.asdict(self.groups) if self.groups else None,
                 "s_hat": self.s_hat, "group_errors": self.group_errors,
-                "errors": list(self.errors), "quartiles": self.quartiles,
+                "errors": list(self.errors), "values": list(self.values),
+                "reward_metric": self.reward_metric, "quartiles": self.quartiles,
                 "updates": self.updates, "episode": self.episode,
                 "episode_perms": self.episode_perms}
 
@@ -198,6 +223,11 @@ class PolicySampler:
         self.groups = PermutationGroups(**groups) if isinstance(groups, dict) else groups
         self.s_hat = state["s_hat"]
         self.group_errors = state["group_errors"]
+        metric = state.get("reward_metric", "error")  # (permrl <= 0.2: the error)
+        if metric != self.reward_metric:
+            raise ValueError(f"sampler state rewards {metric!r}, this run "
+                             f"{self.reward_metric!r}")
         self.errors, self.quartiles = list(state["errors"]), state["quartiles"]
+        self.values = list(state.get("values", self.errors))
         self.updates = state["updates"]
         self.episode, self.episode_perms = state["episode"], state["episode_perms"]
