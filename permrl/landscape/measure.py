@@ -204,6 +204,8 @@ def open_landscape(checkpoint: str | Path, task: str | None, lr: float | None,
     from permrl.train import make_optimizer  # the optimiser exactly as training builds it
 
     device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     data = prepare_task(cfg, task, ckpt["permutations"][task])
     model = build_model(cfg).to(device)
     model.load_state_dict(ckpt["model"])

@@ -29,6 +29,7 @@ from permrl.landscape.measure import (
     sigma,
 )
 from permrl.landscape.statistics import (
+    arm_share_spread,
     blocked_anova,
     episodes_to_detect,
     size_and_difficulty,
@@ -41,14 +42,18 @@ MIXTURES = ("uniform", "tilt", "half")  # what a policy that starts at uniform c
 
 
 def summarise(arms: list[Arm], gains: np.ndarray, sigma_loop: float,
-              group_sizes: np.ndarray, group_error: np.ndarray) -> dict[str, Any]:
+              group_sizes: np.ndarray, group_error: np.ndarray, group_of: np.ndarray,
+              batch_size: int, batches: int) -> dict[str, Any]:
     """The statistics of one (BN variant, metric, horizon): `gains` is (arms x replicates).
 
     groups: the single-group arms (F, p, eta2, split-half agreement, size vs difficulty);
     mixtures: uniform, the tilts and the halves (F, p, eta2, split-half); best: the mixture
     arm with the largest mean gain over uniform (paired per replicate), its standard error,
     and the episodes a policy needs to detect it with Eq. 7's noise (sigma_loop) and with the
-    noise of a paired twin (sigma_pair: the replicates' spread of arm - uniform).
+    noise of a paired twin (sigma_pair: the replicates' spread of arm - uniform): for a
+    comparison of the whole arm with uniform, and for what a policy at pi = q sees, whose
+    draws try only sd(alpha) of the arm per episode (`arm_share_spread`, `batches` mini-batches
+    of `batch_size`, per-sample or per-batch actions).
     """
     kinds = np.array([a.kind for a in arms])
     reps = gains.shape[1]
@@ -70,11 +75,17 @@ def summarise(arms: list[Arm], gains: np.ndarray, sigma_loop: float,
     others = [j for j, i in enumerate(mixtures) if i != uniform]
     best = max(others, key=lambda j: paired[j].mean())
     delta, sigma_pair = float(paired[best].mean()), sigma(list(paired[best]))
+    spread = arm_share_spread(arms[mixtures[best]].probs, arms[uniform].probs, group_of,
+                              batch_size, batches)
     out["best"] = {"arm": arms[mixtures[best]].name, "delta": delta,
                    "se": sigma_pair / math.sqrt(reps), "sigma_pair": sigma_pair,
-                   "sigma_loop": sigma_loop,
+                   "sigma_loop": sigma_loop, "share_spread": spread,
                    "episodes_loop": episodes_to_detect(delta, sigma_loop),
-                   "episodes_pair": episodes_to_detect(delta, sigma_pair)}
+                   "episodes_batch": episodes_to_detect(delta * spread["batch"], sigma_loop),
+                   "episodes_sample": episodes_to_detect(delta * spread["sample"], sigma_loop),
+                   "episodes_pair": episodes_to_detect(delta, sigma_pair),
+                   "episodes_pair_batch": episodes_to_detect(delta * spread["batch"],
+                                                             sigma_pair)}
     return out
 
 
@@ -108,14 +119,17 @@ def run_landscape(
     rewards = loop_rewards(land, horizons, cycles, cfg.reinforce.sgd_steps, first_loop)
     group_error = group_errors(groups, errors)
     summary = {bn: {m: {k: summarise(arms, measured["gains"][bn][m][k], sigma(rewards[m][k]),
-                                     groups.sizes, group_error) for k in horizons}
+                                     groups.sizes, group_error, groups.assignment,
+                                     cfg.train.batch_size, k) for k in horizons}
                     for m in METRICS} for bn in BN_VARIANTS}
     result = {"checkpoint": str(checkpoint), "task": land.task.name, "step": land.start_step,
               "lr": land.lr, "horizons": horizons, "replicates": replicates, "cycles": cycles,
               "sgd_steps": cfg.reinforce.sgd_steps, "bn_batches": bn_batches,
               "psi": len(errors), "x_val": int(land.task.val_parts.shape[0]),
               "group_sizes": groups.sizes.tolist(), "group_errors": group_error.tolist(),
-              "arms": [a.name for a in arms], "before": measured["before"],
+              "arms": [a.name for a in arms], "group_of": groups.assignment.tolist(),
+              "arm_probs": {a.name: a.probs.tolist() for a in arms},
+              "before": measured["before"],
               "loop_rewards": rewards, "summary": summary,
               "gains": {bn: {m: {k: v.tolist() for k, v in per.items()} for m, per in d.items()}
                         for bn, d in measured["gains"].items()}}
@@ -147,7 +161,8 @@ def summary_table(result: dict[str, Any]) -> str:
     """One row per BN variant x metric x horizon (Markdown)."""
     head = ("| BN | metric | K | groups F (p) | eta2 | mixtures F (p) | eta2 | split-half | "
             "r difficulty (partial) | r log size | best mixture | gain over uniform +- se | "
-            "sigma_loop | episodes (Eq. 7) | episodes (twin) |")
+            "sigma_loop | episodes, Eq. 7: whole arm / batch / sample actions | "
+            "episodes, twin: whole arm / batch |")
     lines = [f"Landscape of {result['checkpoint']} ({result['task']}, step {result['step']}, "
              f"lr {result['lr']:g}; |Psi| = {result['psi']}, |X_val| = {result['x_val']}, "
              f"{result['replicates']} replicates; gains positive = better)", "", head,
@@ -164,7 +179,9 @@ def summary_table(result: dict[str, Any]) -> str:
                     f"({g.get('partial_r_difficulty', math.nan):+.2f}) | "
                     f"{g.get('r_log_size', math.nan):+.2f} | {best['arm']} | "
                     f"{best['delta']:+.2e} +- {best['se']:.1e} | {best['sigma_loop']:.1e} | "
-                    f"{_n(best['episodes_loop'])} | {_n(best['episodes_pair'])} |")
+                    f"{_n(best['episodes_loop'])} / {_n(best['episodes_batch'])} / "
+                    f"{_n(best['episodes_sample'])} | {_n(best['episodes_pair'])} / "
+                    f"{_n(best['episodes_pair_batch'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -88,7 +88,32 @@ def size_and_difficulty(mean_gain: np.ndarray, size: np.ndarray,
 
 def episodes_to_detect(delta: float, sigma: float) -> float:
     """Episodes whose rewards (noise sigma each) a one-sided 5 % test with 80 % power needs to
-    see a mean effect delta > 0: 6.18 (sigma / delta)^2; inf when delta <= 0."""
-    if delta <= 0 or not math.isfinite(sigma):
+    see a mean effect delta > 0: 6.18 (sigma / delta)^2; inf when delta <= 0 (or nan)."""
+    if not delta > 0 or not math.isfinite(sigma):
         return math.inf
     return DETECT_FACTOR * (sigma / delta) ** 2
+
+
+def arm_share_spread(arm: np.ndarray, q: np.ndarray, group_of: np.ndarray, batch_size: int,
+                     batches: int) -> dict[str, float]:
+    """How much of an arm a policy at pi = q tries by chance in one episode: the standard
+    deviation of alpha = (f - q).d / (d.d), f the episode's shares of Psi and d = arm - q.
+
+    A policy learns an arm from the correlation of the reward with alpha, so its signal per
+    episode is delta x sd(alpha), not delta. "sample": every one of the K x B samples draws its
+    group (and a permutation in it) from pi; "batch": one group per mini-batch, so f is the mean
+    of K groups' uniform shares (`reinforce.episode_actions`).
+    """
+    arm, q = np.asarray(arm, np.float64), np.asarray(q, np.float64)
+    d = arm - q
+    dd = float(d @ d)
+    if dd == 0:
+        return {"sample": math.nan, "batch": math.nan}
+    var_sample = (q @ d**2 - (q @ d) ** 2) / (batch_size * batches)
+    sizes = np.bincount(group_of)
+    present = sizes > 0
+    mean_d = np.bincount(group_of, weights=d)[present] / sizes[present]  # u_g . d
+    q_group = np.bincount(group_of, weights=q)[present]
+    var_batch = (q_group @ mean_d**2 - (q @ d) ** 2) / batches
+    return {"sample": math.sqrt(max(var_sample, 0.0)) / dd,
+            "batch": math.sqrt(max(var_batch, 0.0)) / dd}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -129,11 +130,14 @@ def test_summary_finds_the_best_mixture_against_uniform(checkpoint, tmp_path):
     gains = np.array([[1.0, 2, 3], [1.5, 2.4, 3.5], [0.5, 2, 2], [0, 1, 0], [-1, 0, 2],
                       [-9, -9, -9]])
     s = summarise(arms, gains, sigma_loop=0.2, group_sizes=np.array([3, 1]),
-                  group_error=np.array([0.6, 0.2]))
+                  group_error=np.array([0.6, 0.2]), group_of=np.array([0, 0, 0, 1]),
+                  batch_size=8, batches=5)
     diff = gains[1] - gains[0]  # tilt 0 - uniform: 0.5, 0.4, 0.5
     assert s["best"]["arm"] == "tilt 0"
     assert s["best"]["delta"] == pytest.approx(diff.mean())
     assert s["best"]["sigma_pair"] == pytest.approx(diff.std(ddof=1))
     assert s["best"]["episodes_loop"] == pytest.approx(6.1826 * (0.2 / diff.mean()) ** 2, rel=1e-4)
+    # (these arms are all uniform: a policy's draws cannot try tilt 0 at all)
+    assert math.isinf(s["best"]["episodes_sample"]) and math.isinf(s["best"]["episodes_batch"])
     assert s["mixtures"]["df_arms"] == 2 and s["groups"]["df_arms"] == 1
     assert s["arms"]["fixed"]["mean"] == -9

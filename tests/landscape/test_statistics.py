@@ -87,3 +87,28 @@ def test_episodes_to_detect():
     assert episodes_to_detect(0.001, 0.01) == pytest.approx(z**2 * 100)
     assert episodes_to_detect(0.0, 0.01) == math.inf
     assert episodes_to_detect(-1e-3, 0.01) == math.inf
+
+
+def test_arm_share_spread_equals_the_enumeration_of_every_episode():
+    """Psi = 4 permutations in groups {0, 1} and {2, 3}, pi = q uniform, 2 mini-batches of 1
+    sample: every possible episode enumerated, alpha = (f - q).d / (d.d) computed for each."""
+    import itertools
+
+    from permrl.landscape.statistics import arm_share_spread
+
+    q = np.full(4, 0.25)
+    arm = np.array([0.5, 0.3, 0.2, 0.0])
+    group_of = np.array([0, 0, 1, 1])
+    d = arm - q
+
+    def spread(outcomes):
+        alphas = [((f - q) @ d) / (d @ d) for f in outcomes]
+        return float(np.std(alphas))  # every outcome equally likely
+
+    samples = [np.bincount(draws, minlength=4) / 2
+               for draws in itertools.product(range(4), repeat=2)]
+    uniform_in = {0: np.array([0.5, 0.5, 0, 0]), 1: np.array([0, 0, 0.5, 0.5])}
+    batches = [(uniform_in[a] + uniform_in[b]) / 2 for a, b in itertools.product((0, 1), repeat=2)]
+    got = arm_share_spread(arm, q, group_of, batch_size=1, batches=2)
+    assert got["sample"] == pytest.approx(spread(samples))
+    assert got["batch"] == pytest.approx(spread(batches))
