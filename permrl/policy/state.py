@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from permrl.data.samples import shuffle_tiles
@@ -36,6 +35,12 @@ def softmax_ratio(logits: Tensor, labels: Tensor) -> Tensor:
     y_l = probs.gather(1, labels).squeeze(1)
     y_p = probs.scatter(1, labels, -1.0).amax(dim=1)  # highest class other than l
     return (y_l + 1.0) / (y_p + 1.0)  # Eq. 3
+
+
+def pair_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """-log y*_l per row (N, C) -> (N,): the cross-entropy of each permuted sample."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -logp.gather(1, labels.to(logp.device).long().view(-1, 1)).squeeze(1)
 
 
 @dataclass
@@ -117,8 +122,8 @@ def compute_state(
                     flat, flat_labels = logits.flatten(0, 1), labels.flatten()
                     r = softmax_ratio(flat, flat_labels).view_as(labels)
                     ratios[p0 : p0 + psi.shape[0], v0:v1] = r.T.cpu()
-                    ce = F.cross_entropy(flat.float(), flat_labels, reduction="none")
-                    cross_entropy[p0 : p0 + psi.shape[0], v0:v1] = ce.view_as(labels).T.cpu()
+                    ce = pair_cross_entropy(flat, flat_labels).view_as(labels)
+                    cross_entropy[p0 : p0 + psi.shape[0], v0:v1] = ce.T.cpu()
                     top = flat.argmax(dim=1).view_as(labels)
                     predicted[p0 : p0 + psi.shape[0], v0:v1] = top.T.cpu()
     finally:
@@ -157,8 +162,7 @@ def naive_state(
                 labels = idx_p.to(device)
                 ratios[k0 : k0 + len(idx_p)] = softmax_ratio(logits, labels).cpu()
                 predicted[k0 : k0 + len(idx_p)] = logits.argmax(dim=1).cpu()
-                cross_entropy[k0 : k0 + len(idx_p)] = F.cross_entropy(
-                    logits.float(), labels, reduction="none").cpu()
+                cross_entropy[k0 : k0 + len(idx_p)] = pair_cross_entropy(logits, labels).cpu()
     finally:
         model.train(was_training)
     return NetworkState.from_matrices(ratios.view(num_perms, num_val),
