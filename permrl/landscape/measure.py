@@ -42,6 +42,7 @@ from permrl.models.build import build_model
 from permrl.models.heads import OrderingNet
 from permrl.policy.groups import PermutationGroups, group_permutations
 from permrl.policy.reinforce import reward
+from permrl.policy.samplers import reward_value
 from permrl.policy.state import NetworkState, compute_state
 from permrl.tasks import TaskData, prepare_task
 
@@ -89,10 +90,11 @@ def inverse_transform(probs: np.ndarray, uniforms: torch.Tensor) -> torch.Tensor
 
 
 def state_metrics(state: NetworkState) -> dict[str, float]:
-    """The three metrics of a state, each over all |Psi| x |X_val| pairs."""
-    assert state.cross_entropy is not None
-    return {"error": state.error, "cross_entropy": state.cross_entropy.double().mean().item(),
-            "log_ratio": state.ratios.double().log().mean().item()}
+    """The three metrics of a state, each over all |Psi| x |X_val| pairs (`reward_value`, the
+    mean log ratio with its own sign: higher is better)."""
+    return {"error": reward_value(state, "error"),
+            "cross_entropy": reward_value(state, "cross_entropy"),
+            "log_ratio": -reward_value(state, "log_ratio")}
 
 
 def gains(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -136,19 +138,27 @@ class Landscape:
             self.cached_parts[step] = self.task.batches.parts(batch, self.device)
         return self.cached_parts[step]
 
-    def sgd_step(self, step: int, probs: np.ndarray, stream: int) -> None:
-        """One SGD step on the batch of `step`, permutations drawn from `probs` with the
-        uniforms (and dropout masks) of (step, stream), shared by every arm."""
+    def drawn_batch(self, step: int, probs: np.ndarray, stream: int
+                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch of `step` shuffled by permutations drawn from `probs` with the uniforms of
+        (step, stream), and those permutations; the dropout masks of (step, stream) seeded.
+        Every arm gets the same uniforms and masks (common random numbers)."""
         parts = self.parts(step)
         if parts is None:
-            return
+            return None
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, STREAM + stream))
         target = inverse_transform(probs, torch.rand(parts.shape[0], generator=gen))
         target = target.to(self.device)
         torch.manual_seed(step_seed(self.seed, step, STREAM + stream + 1))  # dropout
+        return shuffle_tiles(parts, self.perms, target), target
+
+    def sgd_step(self, step: int, probs: np.ndarray, stream: int) -> None:
+        """One SGD step on the batch of `step` (`drawn_batch`)."""
+        drawn = self.drawn_batch(step, probs, stream)
+        if drawn is None:
+            return
         self.model.train()
-        logits = self.model.logits(self.task.name, shuffle_tiles(parts, self.perms, target))
-        loss = F.cross_entropy(logits.float(), target)
+        loss = F.cross_entropy(self.model.logits(self.task.name, drawn[0]).float(), drawn[1])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -171,14 +181,8 @@ class Landscape:
             self.model.train()
             with torch.no_grad():
                 for step in bn_steps:
-                    parts = self.parts(step)
-                    if parts is None:
-                        continue
-                    gen = torch.Generator().manual_seed(step_seed(self.seed, step, STREAM))
-                    target = inverse_transform(uniform, torch.rand(parts.shape[0], generator=gen))
-                    torch.manual_seed(step_seed(self.seed, step, STREAM + 1))
-                    self.model.logits(self.task.name,
-                                      shuffle_tiles(parts, self.perms, target.to(self.device)))
+                    if (drawn := self.drawn_batch(step, uniform, stream=0)) is not None:
+                        self.model.logits(self.task.name, drawn[0])
             return self.state()
         finally:
             for m, momentum in zip(norms, momenta, strict=True):
