@@ -2,7 +2,8 @@
 
 Variants (design §7): S, S+P, T, T+P, S&T (spatial for half the steps, then temporal from those
 weights), S+T, S+T+P; and the adaptive baselines over the same groups (`policy: exp3`,
-`policy: hardness`, design §5) as S+exp3, S+hardness, T+..., S+T+.... Each cell (variant, seed)
+`policy: hardness`, design §5) as S+exp3, S+hardness, T+..., S+T+...; the ceiling arm `policy:
+fixed` (always the hardest half of Psi) as S+fixed, T+fixed, S+T+fixed. Each cell (variant, seed)
 is a normal run directory `OUT/<variant>/seed<k>/` trained with the same config except the
 variant's keys and the seed, then evaluated with the same retrieval protocol (image kNN on
 `eval.knn_train/knn_test`).
@@ -57,6 +58,11 @@ VARIANTS: dict[str, list[str]] = {
     "T+hardness": ["tasks=[temporal]", "policy=hardness"],
     "S+T+exp3": ["tasks=[spatial, temporal]", "policy=exp3"],
     "S+T+hardness": ["tasks=[spatial, temporal]", "policy=hardness"],
+    # The ceiling arm: always the hardest half of Psi (bandit.fixed_share), re-chosen at each
+    # state. Does any choice of permutations beat uniform downstream at this scale?
+    "S+fixed": ["tasks=[spatial]", "policy=fixed"],
+    "T+fixed": ["tasks=[temporal]", "policy=fixed"],
+    "S+T+fixed": ["tasks=[spatial, temporal]", "policy=fixed"],
 }
 KS = ("top1", "top5", "top10", "top20", "top50")
 
@@ -270,11 +276,12 @@ def run_null(run_dir: Path, task: str, records: list[dict[str, Any]]) -> dict[st
     if cfg.policy not in ("reinforce", "exp3"):
         return None
     size = getattr(cfg, task).permutations
-    per_batch = cfg.reinforce.episode_actions == "batch"
+    batch = cfg.train.batch_size
+    per_draw = {"sample": 1, "batch": batch, "episode": batch * cfg.reinforce.episode_batches}
     return shuffled_reward_null(
         [r for r in records if r.get("task") == task],
         lambda: make_sampler(cfg, task, size).learner, shuffles=NULL_SHUFFLES, seed=cfg.seed,
-        actions_per_draw=cfg.train.batch_size if per_batch else 1)
+        actions_per_draw=per_draw[cfg.reinforce.episode_actions])
 
 
 def policy_rows(cells: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:

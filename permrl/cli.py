@@ -260,7 +260,8 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--config", help="YAML file shared by every cell")
     a.add_argument("--variants", default="S,S+P,T,T+P,S&T,S+T,S+T+P",
                    help="comma-separated, from S,S+P,T,T+P,S&T,S+T,S+T+P and the adaptive "
-                   "baselines S+exp3,S+hardness,T+exp3,T+hardness,S+T+exp3,S+T+hardness")
+                   "baselines S+exp3,S+hardness,T+exp3,T+hardness,S+T+exp3,S+T+hardness, the "
+                   "ceiling arm S+fixed,T+fixed,S+T+fixed")
     a.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
     a.add_argument("--out", required=True, help="ablation directory (a rerun resumes it)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="shared override")

@@ -120,10 +120,12 @@ class ReinforceConfig:
     sgd_steps: int = 100  # N: SGD iterations with the policy fixed between episodes
     episode_batches: int = 5  # K: mini-batches of actions per episode
     episode_actions: str = "sample"  # sample: a group per sample (K x B actions) | batch: a
-    # group per episode mini-batch (K actions); policy and exp3 only
+    # group per episode mini-batch (K actions) | episode: one group; policy and exp3 only
     groups: int = 10  # |C|: k-means groups of Psi = the action space
-    reward_metric: str = "error"  # what Eq. 7 extrapolates: error (0/1, Eq. 6: the paper's) |
+    reward_metric: str = "error"  # what the reward compares: error (0/1, Eq. 6: the paper's) |
     # cross_entropy (mean) | log_ratio (mean log softmax ratio, Eq. 3); policy and exp3 only
+    reward_baseline: str = "extrapolated"  # extrapolated: E_BL of Eq. 7 (the paper's) | twin:
+    # a copy forked at the episode's start, trained on uniform draws of the same batches
     hidden: int = 16  # policy MLP hidden units
     lr: float = 1.0  # alpha of Eq. 9 (plain gradient steps on normalised advantages)
     optimizer: str = "sgd"  # sgd (Eq. 9) | adam (permrl 0.1)
@@ -143,6 +145,7 @@ class BanditConfig:
     exploration: float = 0.05  # share of draws uniform over Psi (both baselines)
     exp3_lr: float = 1.0  # eta of Exp3.S (Graves et al. 2017)
     exp3_switch: float = 0.01  # alpha of Exp3.S: weight mass shared with the other groups
+    fixed_share: float = 0.5  # policy fixed: draws uniform over this hardest share of Psi
 
 
 @dataclass
@@ -151,7 +154,8 @@ class Config:
     seed: int = 0  # weights, data order, crops and draws: a run is a function of it
     tasks: list[str] = field(default_factory=lambda: ["spatial"])  # S, T or both (S+T)
     policy: str = "uniform"  # how permutations are drawn: uniform | reinforce (Sect. 3.2) |
-    # exp3 | hardness (adaptive baselines over the same groups, not in the paper)
+    # exp3 | hardness (adaptive baselines over the same groups, not in the paper) | fixed (the
+    # ceiling arm: always the hardest bandit.fixed_share of Psi, re-chosen at each state)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
@@ -189,11 +193,12 @@ ADAPTIVE_POLICIES = ("reinforce", "exp3", "hardness")  # samplers that act on gr
 CHOICES = {
     "preset": tuple(PRESETS),
     "tasks": TASKS,
-    "policy": ("uniform", *ADAPTIVE_POLICIES),
+    "policy": ("uniform", *ADAPTIVE_POLICIES, "fixed"),
     "reinforce.optimizer": ("sgd", "adam"),
     "reinforce.advantage": ("normalised", "raw"),
     "reinforce.prior": ("psi", "groups"),
-    "reinforce.episode_actions": ("sample", "batch"),
+    "reinforce.episode_actions": ("sample", "batch", "episode"),
+    "reinforce.reward_baseline": ("extrapolated", "twin"),
     "reinforce.reward_metric": ("error", "cross_entropy", "log_ratio"),
     "spatial.criterion": ("maxmin", "maxmean"),
     "temporal.criterion": ("maxmin", "maxmean"),
@@ -346,6 +351,8 @@ def validate(cfg: Config) -> Config:
     for key in ("bandit.exploration", "bandit.exp3_switch"):
         if not 0 <= get(cfg, key) <= 1:
             raise ConfigError(f"{key}: must be in 0..1, got {get(cfg, key)}")
+    if not 0 < cfg.bandit.fixed_share <= 1:
+        raise ConfigError(f"bandit.fixed_share: must be in (0, 1], got {cfg.bandit.fixed_share}")
     r = cfg.reinforce
     if r.gamma > 1 or r.baseline_momentum >= 1:
         raise ConfigError("reinforce.gamma must be at most 1 and reinforce.baseline_momentum "

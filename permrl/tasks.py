@@ -35,6 +35,7 @@ from permrl.policy.bandits import Exp3S, Hardness
 from permrl.policy.reinforce import Reinforce
 from permrl.policy.samplers import (
     GroupLearner,
+    HardestShareSampler,
     PermutationSampler,
     PolicySampler,
     UniformSampler,
@@ -124,6 +125,8 @@ def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSa
     reinforce`, Sect. 3.2) or an adaptive baseline (`exp3`, `hardness`)."""
     if cfg.policy == "uniform":
         return UniformSampler(num_permutations)
+    if cfg.policy == "fixed":  # the ceiling arm: no learner
+        return HardestShareSampler(num_permutations, cfg.bandit.fixed_share)
     r, b = cfg.reinforce, cfg.bandit
     seed = cfg.seed * 2 + TASKS.index(task)
     learner: GroupLearner
@@ -138,7 +141,7 @@ def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSa
         learner = Hardness(r.groups, exploration=b.exploration)
         return PolicySampler(num_permutations, learner, r.groups, seed)  # (no reward used)
     return PolicySampler(num_permutations, learner, r.groups, seed, r.episode_actions,
-                         r.reward_metric)
+                         r.reward_metric, r.reward_baseline)
 
 
 MIN_ITEMS_FOR_BAD_FRACTION = 100

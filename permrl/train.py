@@ -53,6 +53,7 @@ from permrl.models.heads import OrderingNet
 from permrl.models.trunk import CaffeNetBN
 from permrl.permutations import permutation_checksum, reversal_twins
 from permrl.policy.state import NetworkState, sharded_state
+from permrl.policy.twin import PairedTwin
 from permrl.run_dir import (
     GracefulStop,
     MetricsLog,
@@ -160,6 +161,7 @@ class Run:
     start: int  # steps already done (a resumed run)
     log: MetricsLog
     permutation_errors: PermutationErrors
+    twin: PairedTwin | None = None  # the paired twin of the running episode (twin baseline)
 
     def __post_init__(self) -> None:
         self.perms = {n: torch.from_numpy(t.permutations) for n, t in self.tasks.items()}
@@ -207,6 +209,7 @@ class Run:
             "permutations": {n: t.permutations for n, t in tasks.items()},
             "permutation_checksum": {n: permutation_checksum(t.permutations)
                                      for n, t in tasks.items()},
+            "twin": self.twin.state_dict() if self.twin is not None else None,
         }, self.run_dir, step, keep=self.cfg.train.keep_checkpoints)
         self.permutation_errors.save()
 
@@ -264,6 +267,9 @@ def start_run(
     ckpt = env.on_main(lambda: load_checkpoint(resume_from) if resume_from else None)
     if ckpt is not None:
         check_resumable(ckpt, cfg, resume_from)
+    if env.enabled and uses_twin(cfg):
+        raise RunError("reinforce.reward_baseline=twin runs on one process for now (the twin's "
+                       "gradients are not averaged across processes); use extrapolated")
     if (idle := idle_policy(cfg)) and env.is_main:
         print(f"permrl: warning: {idle}", file=sys.stderr)
     if cfg.train.threads:
@@ -325,10 +331,14 @@ def start_run(
         print(f"permrl: {run_dir} has already trained its {start} steps; nothing to do",
               file=sys.stderr)
     resumed = start if ckpt else None
-    return Run(cfg, run_dir, env, device, model, optimizer, scheduler, tasks, start,
-               MetricsLog(run_dir / "metrics.jsonl", resumed, enabled=env.is_main),
-               PermutationErrors(run_dir / "permutation_errors.npz", resumed,
-                                 enabled=env.is_main))
+    run = Run(cfg, run_dir, env, device, model, optimizer, scheduler, tasks, start,
+              MetricsLog(run_dir / "metrics.jsonl", resumed, enabled=env.is_main),
+              PermutationErrors(run_dir / "permutation_errors.npz", resumed,
+                                enabled=env.is_main))
+    if ckpt is not None and ckpt.get("twin") is not None:  # stopped mid-episode
+        run.twin = PairedTwin(model, optimizer)
+        run.twin.load_state_dict(ckpt["twin"])
+    return run
 
 
 def train_processes(
@@ -371,9 +381,10 @@ def train_loop(
             # 1. This step's batch of each task that trains; readable samples on all processes.
             batches = readable_batches(run, {n: next(loaders[n]) for n in active_tasks(cfg, step)})
             # 2. A permutation per sample from the sampler (pi in an episode), Eq. 1 shuffle.
-            parts, targets = {}, {}
+            tiles, parts, targets = {}, {}, {}
             for name, (batch, readable) in batches.items():
-                parts[name], targets[name] = permuted_parts(run, name, step, batch, readable)
+                tiles[name], targets[name] = drawn_parts(run, name, step, batch, readable)
+                parts[name] = shuffle_tiles(tiles[name], run.perms_on_device[name], targets[name])
             # 3. SGD on the summed task losses, refused on every process if one is not finite.
             finite = torch.ones((), dtype=torch.bool, device=run.device)
             if parts:
@@ -387,6 +398,8 @@ def train_loop(
             if parts:
                 guard.step(step_finite, step + 1)
                 last_loss = loss.detach().double()  # read once, after the loop
+            if run.twin is not None and parts:  # the episode's paired twin: uniform draws
+                twin_step(run, step, tiles, batches, autocast)
             run.scheduler.step()
             done = step + 1
             if done % cfg.train.log_every == 0 or done in (cfg.train.steps, stop_at):
@@ -454,12 +467,13 @@ def readable_batches(
     return kept
 
 
-def permuted_parts(
+def drawn_parts(
     run: Run, name: str, step: int, batch: dict[str, Any], readable: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This process's parts of the batch shuffled by their permutations (Eq. 1), and the
-    permutation indices (the classes). The permutations are drawn on rank 0 for the whole
-    batch (the sampler, and the policy, live there); each process takes its rows."""
+    """This process's parts of the batch in their original order and the permutation index
+    drawn for each (the class; Eq. 1 shuffles the parts by it). The permutations are drawn on
+    rank 0 for the whole batch (the sampler, and the policy, live there); each process takes
+    its rows."""
     cfg, env, task = run.cfg, run.env, run.tasks[name]
     batch_size = cfg.train.batch_size
     gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3 + TASKS.index(name)))
@@ -470,13 +484,33 @@ def permuted_parts(
     mine = task.batches.parts(batch, run.device)
     if mine is None:  # this process's shard is all unreadable: an empty batch (DDP needs all)
         mine = no_parts(cfg, name).to(run.device)
-    target = perm_index.to(run.device, non_blocking=True)
-    return shuffle_tiles(mine, run.perms_on_device[name], target), target
+    return mine, perm_index.to(run.device, non_blocking=True)
+
+
+def twin_step(run: Run, step: int, tiles: dict[str, torch.Tensor],
+              batches: dict[str, tuple[dict[str, Any], torch.Tensor]], autocast: Any) -> None:
+    """One SGD step of the episode's paired twin (`permrl.policy.twin`): the same parts and
+    dropout masks as the network's step, permutations drawn uniformly over Psi (one process)."""
+    parts, targets = {}, {}
+    for name, tile in tiles.items():
+        gen = torch.Generator().manual_seed(step_seed(run.cfg.seed, step, 20 + TASKS.index(name)))
+        drawn = torch.randint(0, len(run.perms[name]), (run.cfg.train.batch_size,), generator=gen)
+        targets[name] = drawn[batches[name][0]["rows"]].to(run.device)
+        parts[name] = shuffle_tiles(tile, run.perms_on_device[name], targets[name])
+    torch.manual_seed(step_seed(run.cfg.seed, step, 100 + run.env.rank))  # the same dropout
+
+    def loss_of(model: torch.nn.Module) -> torch.Tensor:
+        with autocast:
+            logits = model(parts)
+        return ordering_loss(logits, targets, batches, run.env.world_size)
+
+    run.twin.step(loss_of, [g["lr"] for g in run.optimizer.param_groups])
 
 
 def ordering_loss(
     logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-    batches: dict[str, tuple[dict[str, Any], torch.Tensor]], world_size: int, window: LogWindow,
+    batches: dict[str, tuple[dict[str, Any], torch.Tensor]], world_size: int,
+    window: LogWindow | None = None,
 ) -> torch.Tensor:
     """Cross-entropy on the permutation index, summed over the tasks (S+T). Each process's
     summed loss is scaled so that DDP's average is the mean over the global batch."""
@@ -486,7 +520,8 @@ def ordering_loss(
         summed = F.cross_entropy(x.to(torch.promote_types(x.dtype, torch.float32)), target,
                                  reduction="sum")
         losses[name] = summed * world_size / int(batches[name][1].sum())
-        window.add(name, summed, logits[name], target)
+        if window is not None:
+            window.add(name, summed, logits[name], target)
     return sum(losses.values())
 
 
@@ -498,7 +533,9 @@ def policy_step(run: Run, phase: str, step: int, done: int) -> dict[str, dict[st
     whose actions the sampler records as it draws. "episode_end": the state s_{t+1} gives
     E_{t+1}, the reward against the extrapolated error (Eq. 7), the update of pi (Eq. 9,
     REINFORCE; or the adaptive baseline's), then regrouping on s_{t+1}. The state is computed
-    by all processes; the policy lives on rank 0. Returns the finished episodes' records.
+    by all processes; the policy lives on rank 0. With `reinforce.reward_baseline: twin` the
+    network is forked at the episode's start and the reward compares with the twin's state.
+    Returns the finished episodes' records.
     """
     env, finished = run.env, {}
     for name in active_tasks(run.cfg, step):
@@ -512,10 +549,20 @@ def policy_step(run: Run, phase: str, step: int, done: int) -> dict[str, dict[st
             sampler.observe(done, state)
             sampler.begin_episode()
         else:
-            episode = sampler.end_episode(done, state)  # reward (Eq. 7), update (Eq. 9)
+            twin = None if run.twin is None else sharded_state(
+                run.twin.model, name, run.tasks[name].val_parts, run.perms[name], env)
+            episode = sampler.end_episode(done, state, twin)  # reward (Eq. 7), update (Eq. 9)
             run.log.write({"step": done, "task": name, "episode": sampler.updates} | episode)
             finished[name] = episode
+    run.twin = None
+    if phase == "episode_start" and uses_twin(run.cfg):  # fork at the episode's start
+        run.twin = PairedTwin(run.model, run.optimizer)
     return finished
+
+
+def uses_twin(cfg: Config) -> bool:
+    """Whether the policy's reward compares with a paired twin (`permrl.policy.twin`)."""
+    return cfg.policy in ("reinforce", "exp3") and cfg.reinforce.reward_baseline == "twin"
 
 
 def policy_postfix(episodes: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -280,3 +280,11 @@ def test_one_seed_says_there_is_no_spread_and_missing_tasks_print_a_dash():
     assert said[-1].startswith("One seed per variant: the adaptive-vs-uniform differences")
     md, _ = summary_table(cells, load_config())
     assert "| S | 50.0 ± 0.0 | 10.0 ± 0.0 | - |" in md and "nan" not in md
+
+
+def test_the_ceiling_arm_is_paired_with_uniform_and_never_called_a_policy_effect():
+    from permrl.ablate import policy_effect, uniform_twin, variant_config
+
+    assert [uniform_twin(v) for v in ("S+fixed", "T+fixed", "S+T+fixed")] == ["S", "T", "S+T"]
+    assert policy_effect([], "S+fixed") is None  # it learns nothing: no null, no caveat
+    assert variant_config([], None, "cpu", "T+fixed", 1).policy == "fixed"

@@ -72,6 +72,27 @@ def test_batch_episode_actions_draw_one_group_per_mini_batch_in_episodes_only():
     assert len({int(a[0]) for a in sampler.episode}) > 1  # a new group for each batch
 
 
+def test_episode_actions_draw_one_group_for_the_whole_episode():
+    rng = np.random.default_rng(0)
+    sampler = PolicySampler(10, Reinforce(3, seed=0), num_groups=3, seed=0,
+                            episode_actions="episode")
+    sampler.groups = group_permutations(rng.uniform(0.5, 2.0, (10, 6)), 3, seed=0)
+    sampler.s_hat = policy_input(sampler.groups, 10)
+    assignment = torch.as_tensor(sampler.groups.assignment)
+    gen = torch.Generator().manual_seed(0)
+    assert len(set(assignment[sampler.draw(200, gen)].tolist())) == 3  # SGD phase: per sample
+    for _ in range(2):
+        sampler.begin_episode()
+        # The episode's group is pi's one draw from the first batch's generator.
+        copy = torch.Generator()
+        copy.set_state(gen.get_state())
+        first = torch.multinomial(sampler.probabilities(), 1, generator=copy)
+        for _ in range(4):
+            groups = assignment[sampler.draw(16, gen)]
+            assert groups.tolist() == [int(first)] * 16
+        assert torch.equal(torch.cat(sampler.episode), first.expand(64))
+
+
 def test_unreadable_samples_earn_no_credit():
     sampler = PolicySampler(10, Reinforce(2, seed=0), num_groups=2, seed=0)
     sampler.groups = group_permutations(np.random.default_rng(0).uniform(0.5, 2, (10, 6)), 2, 0)
@@ -116,6 +137,32 @@ def test_the_reward_extrapolates_the_chosen_metric(metric, expected):
 
     assert make_sampler(tiny(f"reinforce.reward_metric={metric}"), "spatial",
                         12).reward_metric == metric
+
+
+def test_the_twin_reward_is_the_twins_value_minus_the_networks():
+    """reward_baseline=twin: r = value(twin) - value(network), from the first episode on (no
+    extrapolation needed); by hand on the same three states as above."""
+    from permrl.policy.state import NetworkState
+
+    def state(wrong: int, ce: float) -> NetworkState:
+        predicted = torch.arange(4)[:, None].repeat(1, 2)  # every pair right ...
+        flat = predicted.view(-1)
+        flat[:wrong] = (flat[:wrong] + 1) % 4  # ... but the first `wrong`
+        return NetworkState.from_matrices(torch.ones(4, 2), predicted, torch.full((4, 2), ce))
+
+    before, after, twin = state(0, 2.0), state(2, 1.5), state(5, 1.25)
+    assert (before.error, after.error, twin.error) == (0.0, 0.25, 0.625)
+    for metric, expected in (("error", 0.375), ("cross_entropy", -0.25)):
+        sampler = PolicySampler(4, Reinforce(2, seed=0), num_groups=2, seed=0,
+                                reward_metric=metric, reward_baseline="twin")
+        sampler.observe(10, before)
+        sampler.begin_episode()
+        sampler.draw(8, torch.Generator().manual_seed(0))
+        record = sampler.end_episode(20, after, twin)
+        assert record["reward"] == pytest.approx(expected)
+        twin_value = {"error": 0.625, "cross_entropy": 1.25}[metric]
+        assert record["twin_value"] == pytest.approx(twin_value)
+        assert sampler.updates == 1
 
 
 def records(run_dir):
@@ -170,9 +217,11 @@ def assert_same_state(a, b, where: str = "sampler") -> None:
         assert a == b, where
 
 
-@pytest.mark.parametrize("policy", ["reinforce", "exp3", "hardness"])
+@pytest.mark.parametrize("policy", ["reinforce", "exp3", "hardness", "fixed", "reinforce twin"])
 def test_resume_in_the_middle_of_an_episode_continues_the_same_sampler(tmp_path, policy):
-    cfg = tiny("train.steps=10", "reinforce.episode_batches=2", f"policy={policy}")
+    policy, *twin = policy.split()
+    cfg = tiny("train.steps=10", "reinforce.episode_batches=2", f"policy={policy}",
+               *(["reinforce.reward_baseline=twin"] if twin else []))
     train(cfg, tmp_path / "full", progress=False)
     train(cfg, tmp_path / "split", progress=False, stop_at=7)  # inside the 2nd episode
     train(cfg, tmp_path / "split", resume=True, progress=False)
@@ -180,7 +229,10 @@ def test_resume_in_the_middle_of_an_episode_continues_the_same_sampler(tmp_path,
     b = load_checkpoint(tmp_path / "split/checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     pa, pb = a["sampler"]["spatial"], b["sampler"]["spatial"]
-    assert pa["kind"] == policy and pa["updates"] == pb["updates"] == 1
+    updates = 2 if policy == "fixed" or twin else 1  # (Eq. 7: none before two errors exist)
+    assert pa["kind"] == policy and pa["updates"] == pb["updates"] == updates
+    assert (load_checkpoint(tmp_path / "split/checkpoint-00000007.pt")["twin"] is None) != bool(
+        twin)  # stopped inside the episode: the twin is in the checkpoint
     assert_same_state(pa, pb)  # groups, errors, the learner's parameters and optimiser
     strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rs]  # noqa
     assert strip(records(tmp_path / "full")) == strip(records(tmp_path / "split"))
@@ -207,3 +259,55 @@ def test_resuming_a_permrl_0_1_policy_state_is_one_clear_error(tmp_path):
     save_checkpoint(ckpt, tmp_path / "run", 4, keep=3)
     with pytest.raises(RunError, match="spatial sampler state .* does not fit this run"):
         train(cfg, tmp_path / "run", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("same_draws", [True, False])
+def test_a_twin_drawing_what_the_network_draws_ends_where_the_network_ends(
+        tmp_path, monkeypatch, same_draws):
+    """The twin is forked from the network (weights, BN statistics, optimiser moments, lr) and
+    trained on the same parts and dropout masks. Made to draw exactly the network's
+    permutations (the network drawing uniformly from the twin's seeds), both end each episode
+    bitwise equal: every reward, on the continuous cross-entropy, is exactly 0. With the
+    policy's own draws (the control) they differ."""
+    import permrl.train as train_module
+
+    if same_draws:
+        seed_of = train_module.step_seed
+        monkeypatch.setattr(train_module, "step_seed", lambda seed, step, stream: seed_of(
+            seed, step, stream - 17 if stream in (20, 21) else stream))  # twin's = sampler's
+
+        def uniform_draw(self, batch_size, generator, trained=None):
+            perms = torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
+            if self.episode is not None and self.groups is not None:
+                self.episode.append(torch.as_tensor(self.groups.assignment)[perms])
+                self.episode_perms.append(perms)
+            return perms
+
+        monkeypatch.setattr(PolicySampler, "draw", uniform_draw)
+    cfg = tiny("train.steps=8", "reinforce.episode_batches=2", "train.optimizer=adam",
+               "reinforce.reward_baseline=twin", "reinforce.reward_metric=cross_entropy")
+    train(cfg, tmp_path / "run", progress=False)
+    episodes = [r for r in records(tmp_path / "run") if "reward" in r]
+    assert len(episodes) == 2
+    for r in episodes:
+        assert r["reward"] == r["twin_value"] - r["value_after"]
+        assert (r["reward"] == 0.0) == same_draws
+
+
+def test_the_fixed_ceiling_draws_uniformly_over_the_hardest_share_of_psi():
+    from types import SimpleNamespace
+
+    from permrl.policy.samplers import HardestShareSampler
+
+    sampler = HardestShareSampler(6, share=0.5)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sampler.draw(600, gen).tolist()) == set(range(6))  # before a state: uniform
+    errors = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.2, 0.0])  # hardest half: 1, 3 (tie), 2
+    sampler.observe(4, SimpleNamespace(error=0.43, per_permutation_error=errors))
+    counts = torch.bincount(sampler.draw(3000, gen), minlength=6)
+    assert counts[[0, 4, 5]].tolist() == [0, 0, 0] and counts[[1, 2, 3]].min() > 900
+    sampler.begin_episode()
+    record = sampler.end_episode(6, SimpleNamespace(
+        error=0.3, per_permutation_error=torch.tensor([0.9, 0.0, 0.0, 0.0, 0.8, 0.0])))
+    assert record == {"sampler": "fixed", "share": 0.5, "error_before": 0.43, "error_after": 0.3}
+    assert sampler.chosen.tolist() == [0, 1, 4]  # chosen anew: 0, 4, then the first tie (1)

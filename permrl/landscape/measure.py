@@ -40,7 +40,7 @@ from permrl.data.samples import shuffle_tiles
 from permrl.distributed import resolve_device
 from permrl.models.build import build_model
 from permrl.models.heads import OrderingNet
-from permrl.policy.groups import PermutationGroups, group_permutations
+from permrl.policy.groups import PermutationGroups, group_permutations, hardest_first
 from permrl.policy.reinforce import reward
 from permrl.policy.samplers import reward_value
 from permrl.policy.state import NetworkState, compute_state
@@ -69,11 +69,11 @@ def landscape_arms(groups: PermutationGroups, per_permutation_error: np.ndarray)
         alone = (groups.assignment == j) / groups.sizes[j]
         arms.append(Arm(f"group {j}", alone, "group", int(j)))
         arms.append(Arm(f"tilt {j}", 0.5 * uniform + 0.5 * alone, "tilt", int(j)))
-    hardest_first = np.lexsort((np.arange(n), -np.asarray(per_permutation_error)))
+    order = hardest_first(per_permutation_error)
     hard = np.zeros(n)
-    hard[hardest_first[: n // 2]] = 1.0 / (n // 2)
+    hard[order[: n // 2]] = 1.0 / (n // 2)
     easy = np.zeros(n)
-    easy[hardest_first[n // 2:]] = 1.0 / (n - n // 2)
+    easy[order[n // 2:]] = 1.0 / (n - n // 2)
     fixed = np.zeros(n)
     fixed[0] = 1.0
     return arms + [Arm("hardest half", hard, "half"), Arm("easiest half", easy, "half"),

@@ -70,6 +70,12 @@ def group_errors(groups: PermutationGroups, per_permutation_error: np.ndarray) -
     return np.divide(sums, groups.sizes, out=np.zeros_like(sums), where=groups.sizes > 0)
 
 
+def hardest_first(per_permutation_error: np.ndarray) -> np.ndarray:
+    """Indices of Psi by validation error, hardest first (ties: lower index first)."""
+    errors = np.asarray(per_permutation_error)
+    return np.lexsort((np.arange(len(errors)), -errors))
+
+
 def difficulty_quartiles(per_permutation_error: np.ndarray,
                          mean_ratio: np.ndarray | None = None) -> np.ndarray:
     """Quartile 0..3 of each permutation by validation error, 0 = easiest (Fig. 4).

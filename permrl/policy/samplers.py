@@ -22,6 +22,7 @@ from permrl.policy.groups import (
     difficulty_quartiles,
     group_errors,
     group_permutations,
+    hardest_first,
     policy_input,
 )
 from permrl.policy.reinforce import extrapolated_error, reward
@@ -57,8 +58,10 @@ class UniformSampler:
         self.num_permutations = int(state["num_permutations"])
 
 
-EPISODE_ACTIONS = ("sample", "batch")  # an episode's group: drawn per sample, or per mini-batch
+EPISODE_ACTIONS = ("sample", "batch", "episode")  # an episode's group: drawn per sample, per
+# mini-batch, or once for the whole episode
 REWARD_METRICS = ("error", "cross_entropy", "log_ratio")
+REWARD_BASELINES = ("extrapolated", "twin")  # Eq. 7's E_BL, or a paired uniform twin
 
 
 def reward_value(state: NetworkState, metric: str) -> float:
@@ -95,25 +98,33 @@ class PolicySampler:
 
     Until the first state exists every permutation is one group and the draw is uniform.
     `episode_actions`: inside an episode, a group is drawn for every sample ("sample", the design's
-    reading of Sect. 3.2: K x B actions) or one group for each of the K mini-batches ("batch":
+    reading of Sect. 3.2: K x B actions), one group for each of the K mini-batches ("batch":
     K actions, each a whole mini-batch; the episode's draws then deviate from pi far more, which
-    is what the reward can be credited to). The SGD phase always draws per sample.
+    is what the reward can be credited to), or one group for the whole episode ("episode": the
+    episode trains on that group alone). The SGD phase always draws per sample.
     `observe(iteration, state)` re-clusters Psi on the new state and fixes s_hat (the learner is
     fixed in between); `begin_episode()` / `end_episode(iteration, state)` bracket the K
     mini-batches whose actions are credited with the reward of Eq. 7.
-    `reward_metric`: what Eq. 7 extrapolates, `reward_value` (the paper: "error").
+    `reward_metric`: what the reward compares, `reward_value` (the paper: "error").
+    `reward_baseline`: what the episode's value is compared with: "extrapolated", Eq. 7's E_BL
+    (the paper's), or "twin", the value of a paired twin forked at the episode's start and
+    trained on uniform draws of the same batches (`permrl.policy.twin`), passed to
+    `end_episode`: r = value(twin) - value(policy), positive when the episode beat uniform.
     """
 
     def __init__(self, num_permutations: int, learner: GroupLearner, num_groups: int,
-                 seed: int, episode_actions: str = "sample", reward_metric: str = "error"
-                 ) -> None:
+                 seed: int, episode_actions: str = "sample", reward_metric: str = "error",
+                 reward_baseline: str = "extrapolated") -> None:
         if episode_actions not in EPISODE_ACTIONS:
             raise ValueError(f"episode_actions must be one of {EPISODE_ACTIONS}, got "
                              f"{episode_actions!r}")
         if reward_metric not in REWARD_METRICS:
             raise ValueError(f"reward_metric must be one of {REWARD_METRICS}, got "
                              f"{reward_metric!r}")
-        self.reward_metric = reward_metric
+        if reward_baseline not in REWARD_BASELINES:
+            raise ValueError(f"reward_baseline must be one of {REWARD_BASELINES}, got "
+                             f"{reward_baseline!r}")
+        self.reward_metric, self.reward_baseline = reward_metric, reward_baseline
         self.values: list[tuple[int, float]] = []  # (iteration, reward_value) per validation
         self.num_permutations, self.learner = num_permutations, learner
         self.episode_actions = episode_actions
@@ -143,9 +154,13 @@ class PolicySampler:
         episode's: an unreadable sample's action earns no credit in Eq. 9."""
         if self.groups is None or self.s_hat is None:
             return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
-        one_per_batch = self.episode is not None and self.episode_actions == "batch"
-        actions = torch.multinomial(self.probabilities(), 1 if one_per_batch else batch_size,
-                                    replacement=True, generator=generator)
+        one_per_batch = self.episode is not None and self.episode_actions != "sample"
+        chosen = [a for a in self.episode or [] if len(a)]
+        if self.episode_actions == "episode" and chosen:  # the episode's one group, kept
+            actions = chosen[0][:1]
+        else:
+            actions = torch.multinomial(self.probabilities(), 1 if one_per_batch else batch_size,
+                                        replacement=True, generator=generator)
         actions = actions.expand(batch_size).contiguous() if one_per_batch else actions
         # A permutation uniformly inside each chosen group.
         sizes = torch.as_tensor(self.groups.sizes)[actions]
@@ -174,13 +189,20 @@ class PolicySampler:
     def begin_episode(self) -> None:
         self.episode, self.episode_perms = [], []
 
-    def end_episode(self, iteration: int, state: NetworkState) -> dict[str, Any]:
-        """Reward (Eq. 7) of the finished episode, the learner's update (Eq. 9 for the
-        policy), then observe the new state."""
+    def end_episode(self, iteration: int, state: NetworkState,
+                    twin: NetworkState | None = None) -> dict[str, Any]:
+        """Reward (Eq. 7, or against the paired `twin`'s state) of the finished episode, the
+        learner's update (Eq. 9 for the policy), then observe the new state."""
         assert self.episode is not None and self.groups is not None and self.s_hat is not None
         actions = torch.cat(self.episode)
         perms = torch.cat(self.episode_perms)
-        r = reward(self.values, iteration, reward_value(state, self.reward_metric))  # Eq. 7
+        value = reward_value(state, self.reward_metric)
+        if self.reward_baseline == "twin":
+            assert twin is not None, "reward_baseline=twin: end_episode needs the twin's state"
+            twin_value = reward_value(twin, self.reward_metric)
+            r: float | None = twin_value - value
+        else:
+            r = reward(self.values, iteration, value)  # Eq. 7
         record: dict[str, Any] = {
             "sampler": self.learner.kind,
             "group_sizes": self.groups.sizes.tolist(),
@@ -194,9 +216,11 @@ class PolicySampler:
             "error_after": state.error,
             "extrapolated_error": extrapolated_error(self.errors, iteration),
         }
-        if self.reward_metric != "error":  # what the reward extrapolated instead
+        if self.reward_metric != "error":  # what the reward compared instead
             record |= {"reward_metric": self.reward_metric, "value_before": self.values[-1][1],
-                       "value_after": reward_value(state, self.reward_metric)}
+                       "value_after": value}
+        if self.reward_baseline == "twin":
+            record |= {"reward_baseline": "twin", "twin_value": twin_value}
         if r is not None:
             record["reward"] = r
             record |= self.learner.update(self.s_hat, self.mask(), actions, r)
@@ -210,7 +234,8 @@ class PolicySampler:
                 "groups": dataclasses.asdict(self.groups) if self.groups else None,
                 "s_hat": self.s_hat, "group_errors": self.group_errors,
                 "errors": list(self.errors), "values": list(self.values),
-                "reward_metric": self.reward_metric, "quartiles": self.quartiles,
+                "reward_metric": self.reward_metric, "reward_baseline": self.reward_baseline,
+                "quartiles": self.quartiles,
                 "updates": self.updates, "episode": self.episode,
                 "episode_perms": self.episode_perms}
 
@@ -227,7 +252,66 @@ class PolicySampler:
         if metric != self.reward_metric:
             raise ValueError(f"sampler state rewards {metric!r}, this run "
                              f"{self.reward_metric!r}")
+        baseline = state.get("reward_baseline", "extrapolated")  # (permrl <= 0.2: Eq. 7's)
+        if baseline != self.reward_baseline:
+            raise ValueError(f"sampler state's reward baseline is {baseline!r}, this run's "
+                             f"{self.reward_baseline!r}")
         self.errors, self.quartiles = list(state["errors"]), state["quartiles"]
         self.values = list(state.get("values", self.errors))
         self.updates = state["updates"]
         self.episode, self.episode_perms = state["episode"], state["episode_perms"]
+
+
+class HardestShareSampler:
+    """`policy: fixed`, the ceiling arm of the ablation (not in the paper): every draw uniform
+    over the hardest `share` of Psi by the per-permutation validation error of the last state
+    (at share 0.5 the landscape's "hardest half"), chosen anew at every state of the policy's
+    schedule (N SGD steps, then K). Nothing is learnt: it asks whether any choice of
+    permutations beats uniform downstream at a given scale. Before the first state: uniform."""
+
+    kind = "fixed"
+
+    def __init__(self, num_permutations: int, share: float) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        self.num_permutations, self.share = num_permutations, share
+        self.chosen: torch.Tensor | None = None  # indices into Psi drawn from
+        self.errors: list[tuple[int, float]] = []
+        self.episode: list[torch.Tensor] | None = None
+        self.updates = 0
+
+    def draw(self, batch_size: int, generator: torch.Generator,
+             trained: torch.Tensor | None = None) -> torch.Tensor:
+        if self.chosen is None:
+            return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
+        return self.chosen[torch.randint(0, len(self.chosen), (batch_size,), generator=generator)]
+
+    def observe(self, iteration: int, state: NetworkState) -> None:
+        self.errors.append((iteration, state.error))
+        count = max(1, round(self.share * self.num_permutations))
+        order = hardest_first(state.per_permutation_error.cpu().numpy())
+        self.chosen = torch.as_tensor(np.sort(order[:count]))
+
+    def begin_episode(self) -> None:
+        self.episode = []
+
+    def end_episode(self, iteration: int, state: NetworkState,
+                    twin: NetworkState | None = None) -> dict[str, Any]:
+        """The cycle's record (no reward, nothing learnt), then the set chosen anew."""
+        record = {"sampler": self.kind, "share": self.share,
+                  "error_before": self.errors[-1][1], "error_after": state.error}
+        self.episode = None
+        self.updates += 1
+        self.observe(iteration, state)
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "share": self.share, "chosen": self.chosen,
+                "errors": list(self.errors), "episode": self.episode, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["kind"] != self.kind or state["share"] != self.share:
+            raise ValueError(f"sampler state is {state['kind']!r} (share {state.get('share')}), "
+                             f"this run {self.kind!r} (share {self.share})")
+        self.chosen, self.errors = state["chosen"], list(state["errors"])
+        self.episode, self.updates = state["episode"], state["updates"]
