@@ -26,8 +26,10 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -98,9 +100,10 @@ class Distributed:
             dist.destroy_process_group()
 
     def device_for(self, device: torch.device) -> torch.device:
-        """One GPU per process: cuda -> cuda:LOCAL_RANK."""
+        """One GPU per process: cuda -> cuda:LOCAL_RANK, or the only GPU this process sees
+        (a launcher that gives each task its own, e.g. SLURM --gpus-per-task=1)."""
         if device.type == "cuda" and self.enabled:
-            return torch.device("cuda", self.local_rank)
+            return torch.device("cuda", 0 if torch.cuda.device_count() == 1 else self.local_rank)
         return device
 
     # Collectives (identities for one process) ---------------------------------------------
@@ -224,6 +227,21 @@ def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 ONE_PROCESS = Distributed()  # the default: no torchrun, every collective the identity
+
+
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA driver on this machine, whether or not this torch build can use it."""
+    return Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi") is not None
+
+
+def cpu_fallback_notice(name: str, device: torch.device) -> str | None:
+    """One line when `train.device: auto` resolved to the CPU on a machine with an NVIDIA GPU
+    (typically a CPU-only torch build, which is what constraints.txt installs)."""
+    if name != "auto" or device.type != "cpu" or not nvidia_gpu_present():
+        return None
+    return (f"permrl: warning: an NVIDIA GPU is on this machine but torch {torch.__version__} "
+            "cannot use it (a CPU-only build?): training on the CPU. Install a CUDA build of "
+            "torch (README, \"Training on a GPU\") or set train.device=cpu to silence this")
 
 
 def resolve_device(name: str, env: Distributed = ONE_PROCESS) -> torch.device:

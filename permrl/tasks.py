@@ -9,6 +9,8 @@ Sect. 3.2, or an adaptive baseline over the same groups (design §5).
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -165,6 +167,31 @@ def no_parts(cfg: Config, task: str) -> torch.Tensor:
     return torch.zeros(0, t.frames, 3, t.frame_size, t.frame_size)
 
 
+PREFETCH = 4  # batches each DataLoader worker holds ready
+
+
+def shared_memory_notice(cfg: Config, task: str, free_bytes: int | None = None) -> str | None:
+    """One line when /dev/shm (where workers hand their batches over) looks too small for the
+    batches in flight: Docker's default 64 MB kills workers with a bus error at the paper
+    preset. Upper bound of a batch: its parts in float32."""
+    if not cfg.data.workers:
+        return None
+    if free_bytes is None:
+        try:
+            stat = os.statvfs("/dev/shm")
+        except OSError:  # no /dev/shm (macOS, Windows): nothing to say
+            return None
+        free_bytes = stat.f_bavail * stat.f_frsize
+    batch = cfg.train.batch_size * math.prod(no_parts(cfg, task).shape[1:]) * 4
+    needed = cfg.data.workers * PREFETCH * batch
+    if free_bytes >= needed:
+        return None
+    return (f"permrl: warning: /dev/shm has {free_bytes / 2**20:.0f} MiB free, but "
+            f"{cfg.data.workers} DataLoader workers x {PREFETCH} {task} batches of up to "
+            f"{batch / 2**20:.0f} MiB need {needed / 2**20:.0f} MiB: workers may die with a bus "
+            "error. Give the container more (docker run --shm-size=8g) or lower data.workers")
+
+
 def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -> DataLoader:
     """Batches of the steps (from `start`) at which this task trains, prefetched by workers."""
     steps = [s for s in range(start, cfg.train.steps) if data.name in active_tasks(cfg, s)]
@@ -172,7 +199,7 @@ def task_loader(cfg: Config, data: TaskData, start: int, device: torch.device) -
     data.batches.build_in_worker = device.type == "cpu" and cfg.data.workers > 0
     return DataLoader(
         data.batches, batch_size=None, sampler=steps, num_workers=cfg.data.workers,
-        prefetch_factor=4 if cfg.data.workers else None, pin_memory=device.type == "cuda",
+        prefetch_factor=PREFETCH if cfg.data.workers else None, pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by the loader
         worker_init_fn=ignore_interrupts,
     )

@@ -43,7 +43,9 @@ from permrl.data.sources import open_source
 from permrl.distributed import (
     Distributed,
     DistributedError,
+    cpu_fallback_notice,
     no_buffer_sync,
+    nvidia_gpu_present,
     resolve_device,
     synchronise_batchnorm,
 )
@@ -70,6 +72,7 @@ from permrl.tasks import (
     check_bad_fraction,
     no_parts,
     prepare_task,
+    shared_memory_notice,
     task_loader,
 )
 
@@ -231,6 +234,13 @@ def train(
     except DistributedError as e:
         raise RunError(str(e)) from None
     device = resolve_device(cfg.train.device, env)
+    if cfg.preset == "paper" and device.type == "cpu" and cfg.train.device != "cpu":
+        raise RunError("preset paper without a usable GPU: ~1 s per step on the CPU, "
+                       f"{cfg.train.steps} steps; set train.device=cpu to train on the CPU anyway"
+                       + " (an NVIDIA GPU is present: install a CUDA build of torch)"
+                       * nvidia_gpu_present())
+    if env.is_main and (notice := cpu_fallback_notice(cfg.train.device, device)):
+        print(notice, file=sys.stderr)
     if device.type == "cuda":  # fixed shapes every step: let cuDNN pick its fastest kernels
         torch.backends.cudnn.benchmark = True
     run_dir = Path(run_dir)
@@ -245,6 +255,9 @@ def train(
         raise
     finally:
         env.stop()
+
+
+SMALL_GPU_SHARE = 64  # samples per GPU below which a step is mostly launch overhead
 
 
 def start_run(
@@ -262,7 +275,13 @@ def start_run(
                for r in range(env.world_size)]
         print(f"permrl: {env.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}"
               f"), global batch {cfg.train.batch_size} = {min(per)}"
-              f"{'' if min(per) == max(per) else f'-{max(per)}'} per process", file=sys.stderr)
+              f"{'' if min(per) == max(per) else f'-{max(per)}'} per process, lr {cfg.train.lr:g} "
+              "(train.batch_size and train.lr are global: the same run as on one process)",
+              file=sys.stderr)
+        if device.type == "cuda" and min(per) < SMALL_GPU_SHARE:
+            print(f"permrl: warning: {min(per)} samples per GPU: kernel launches may dominate "
+                  "the step; raise train.batch_size (and train.lr with it, the linear scaling "
+                  "rule) to use the GPUs", file=sys.stderr)
     resume_from = env.on_main(lambda: prepare_run_dir(run_dir, resume, force))
     ckpt = env.on_main(lambda: load_checkpoint(resume_from) if resume_from else None)
     if ckpt is not None:
@@ -289,6 +308,9 @@ def start_run(
     source = ckpt or init
     tasks = {name: prepare_task(cfg, name, source["permutations"][name] if source
                                 else build_permutations(cfg, name), env) for name in names}
+    for name in names if env.local_rank == 0 else []:
+        if notice := shared_memory_notice(cfg, name):
+            print(notice, file=sys.stderr)
     if cfg.eval.knn_every:  # fail now, not after knn_every steps
         for spec in (cfg.eval.knn_train, cfg.eval.knn_test):
             if not (open_source(spec).labels >= 0).any():

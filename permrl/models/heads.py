@@ -120,8 +120,14 @@ class TemporalHead(nn.Module):
         return f.view(-1, self.num_frames, f.shape[-1])
 
     def classify(self, group_features: torch.Tensor) -> torch.Tensor:
-        """(B, u, fc6) features in clip order -> (B, |Psi_T|) logits."""
-        _, (h, _) = self.lstm(group_features)
+        """(B, u, fc6) features in clip order -> (B, |Psi_T|) logits.
+
+        The LSTM runs in its weights' dtype (float32) even under autocast: autocast would run
+        the recurrence in bf16 (CPU, and CUDA with a bf16 autocast) or float16 (cuDNN's RNN),
+        and the training step has no loss scaler to keep its small gradients from vanishing.
+        It is a small share of the step's FLOPs."""
+        with torch.autocast(group_features.device.type, enabled=False):
+            _, (h, _) = self.lstm(group_features.to(self.lstm.weight_ih_l0.dtype))
         return self.classifier(self.dropout(h[-1]))
 
     def forward(self, pool5: torch.Tensor) -> torch.Tensor:

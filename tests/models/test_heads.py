@@ -183,3 +183,21 @@ def test_ordering_net_runs_both_tasks_through_one_trunk():
         out = net(both)  # one forward for every task of a step
         for task, parts in both.items():
             assert torch.equal(out[task], net.logits(task, parts))
+
+
+def test_the_lstm_runs_in_float32_under_autocast():
+    """Autocast (here CPU's bf16; CUDA's the same way) would run the LSTM in low precision;
+    the head runs it in float32 outside autocast: its hidden states equal the float32 ones
+    exactly, while the classifier after it still runs under autocast."""
+    torch.manual_seed(0)
+    head = TemporalHead(32, num_frames=4, num_permutations=6, fc6_dim=8, hidden=16).eval()
+    seen = {}
+    head.lstm.register_forward_hook(lambda m, args, out: seen.update(dtype=out[1][0].dtype,
+                                                                     h=out[1][0]))
+    features = torch.randn(3, 4, 8)
+    head.classify(features)
+    reference = seen["h"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head.classify(features)
+    assert seen["dtype"] == torch.float32 and torch.equal(seen["h"], reference)
+    assert logits.dtype == torch.bfloat16  # the classifier: autocast as before
