@@ -38,6 +38,7 @@ from permrl.config import (
     idle_policy,
     load_config,
 )
+from permrl.distributed import resolve_device
 from permrl.evaluate.run import knn, load_trunk
 from permrl.files import write_atomic
 from permrl.run_dir import Interrupted, RunError
@@ -105,7 +106,8 @@ def run_cell(cfg: Config, run_dir: Path, variant: str, seed: int) -> dict[str, A
     if run.interrupted:  # a half-trained cell is never evaluated nor marked done
         raise Interrupted(run.stop_signal, RESUME_HINT)
     trunk, _, _ = load_trunk(run_dir / "checkpoint.pt")
-    result = knn(trunk, cfg, cfg.eval.knn_train, cfg.eval.knn_test)
+    result = knn(trunk, cfg, cfg.eval.knn_train, cfg.eval.knn_test,
+                 device=resolve_device(cfg.train.device))  # where it trained
     cell = {"variant": variant, "seed": seed, "run_dir": str(run_dir), "steps": cfg.train.steps,
             "knn": result, "puzzle_accuracy": run.val_accuracy}
     write_atomic(done, json.dumps(cell, indent=2))

@@ -28,6 +28,7 @@ from permrl.data.batches import validation_tiles
 from permrl.data.images import resize_square
 from permrl.data.samples import geometry_of
 from permrl.data.sources import SkipCounter, open_source
+from permrl.distributed import resolve_device
 from permrl.evaluate.knn import knn_features
 from permrl.evaluate.run import knn, load_trunk
 from permrl.models.build import build_model
@@ -135,6 +136,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Image and video retrieval, and spatial puzzle accuracy on unseen photo crops."""
     trunk, _, _ = load_trunk(checkpoint, random_init=random_init)
+    device = resolve_device(cfg.train.device)  # retrieval where training ran
     model = build_model(cfg)
     ckpt = load_checkpoint(checkpoint)
     if not random_init:
@@ -144,8 +146,9 @@ def evaluate(
                                     SkipCounter())
     spatial_perms = torch.from_numpy(ckpt["permutations"]["spatial"])
     return {
-        "images": images or knn(trunk, cfg, cfg.eval.knn_train, cfg.eval.knn_test),
-        "videos": knn(trunk, cfg, VIDEO_GALLERY, VIDEO_QUERIES),
+        "images": images or knn(trunk, cfg, cfg.eval.knn_train, cfg.eval.knn_test,
+                                device=device),
+        "videos": knn(trunk, cfg, VIDEO_GALLERY, VIDEO_QUERIES, device=device),
         "puzzle_unseen": puzzle_accuracy(model, "spatial", unseen_tiles, spatial_perms),
     }
 

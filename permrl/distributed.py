@@ -179,6 +179,8 @@ class GlobalBatchNorm(_BatchNorm):
     `AllReduceSum`, which is differentiable, so the gradient is that of BatchNorm on the whole
     batch. The running statistics use the global mean and the unbiased global variance, like
     BatchNorm on one process. Outside training (or with one process) it is plain BatchNorm.
+    Under autocast the statistics and the output are float32 (a bf16 sum over a batch's
+    positions loses the mean; every process, an empty one too, then sends float32).
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -188,6 +190,7 @@ class GlobalBatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         dims = [0, *range(2, x.dim())]
         shape = (1, -1) + (1,) * (x.dim() - 2)
         count = x.new_full((1,), x.numel() / max(1, x.shape[1]))
@@ -210,10 +213,29 @@ class GlobalBatchNorm(_BatchNorm):
         return y
 
 
+class EmptySafeSyncBatchNorm(nn.SyncBatchNorm):
+    """torch's SyncBatchNorm, with an empty batch under autocast sent as float32.
+
+    A process with a full batch sends float32 statistics (batch_norm_stats accumulates bf16 /
+    fp16 input in float32); one whose shard is empty (all unreadable) sends zeros in its
+    input's dtype (torch.nn.modules._functions.SyncBatchNorm), bf16 under autocast: the
+    all-gather would then mix sizes, a hang or garbage under NCCL. Its empty input in float32
+    makes every process send the same."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0 and x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return super().forward(x)
+
+
 def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm of `module` -> global-batch statistics (SyncBatchNorm on CUDA)."""
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        for m in module.modules():
+            if type(m) is nn.SyncBatchNorm:
+                m.__class__ = EmptySafeSyncBatchNorm
+        return module
     for name, child in module.named_children():
         if isinstance(child, _BatchNorm) and not isinstance(child, GlobalBatchNorm):
             bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,

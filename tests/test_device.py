@@ -62,3 +62,22 @@ def test_small_shared_memory_is_said_with_its_numbers():
         "container more (docker run --shm-size=8g) or lower data.workers")
     no_workers = load_config(preset="paper", overrides=["data.workers=0"])
     assert shared_memory_notice(no_workers, "spatial", free_bytes=0) is None
+
+
+def test_on_cuda_every_batchnorm_becomes_one_that_sends_an_empty_batch_in_float32(monkeypatch):
+    from torch import nn
+
+    from permrl.distributed import EmptySafeSyncBatchNorm, synchronise_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.BatchNorm1d(8))
+    synced = synchronise_batchnorm(model, torch.device("cuda"))  # (conversion only: no GPU)
+    assert [type(m) for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ] == [EmptySafeSyncBatchNorm] * 2
+    received = []
+    monkeypatch.setattr(nn.SyncBatchNorm, "forward", lambda self, x: received.append(x.dtype))
+    bn = synced[1]
+    for x in (torch.zeros(0, 4, 5, 5, dtype=torch.bfloat16), torch.zeros(0, 4, 5, 5),
+              torch.zeros(2, 4, 5, 5, dtype=torch.bfloat16)):
+        bn(x)
+    # empty bf16 -> float32 (what a full process's statistics are); the rest untouched
+    assert received == [torch.float32, torch.float32, torch.bfloat16]

@@ -203,6 +203,52 @@ def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
         assert (tmp_path / f"result.{rank}").read_text() == "equal"
 
 
+GLOBAL_BN_AUTOCAST_SCRIPT = textwrap.dedent("""
+    import copy, json, sys
+    import torch, torch.distributed as dist
+    from torch import nn
+    from permrl.distributed import Distributed, synchronise_batchnorm
+
+    env = Distributed.from_environment()
+    env.start(torch.device("cpu"))
+    calls = []
+    all_reduce = dist.all_reduce
+    def recorded(tensor, *args, **kwargs):
+        calls.append([list(tensor.shape), str(tensor.dtype)])
+        return all_reduce(tensor, *args, **kwargs)
+    dist.all_reduce = recorded
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                              nn.Linear(4 * 6 * 6, 5), nn.BatchNorm1d(5))
+    synced = synchronise_batchnorm(copy.deepcopy(reference), torch.device("cpu"))
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    lo, hi = [(0, 8), (8, 8)][env.rank]  # rank 1: an empty shard (all unreadable)
+    reference(x)  # float32, one process, the whole batch
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = synced(x[lo:hi])
+    out.float().sum().backward()
+    buffers = [(a - b).abs().max().item() for a, b in zip(synced.buffers(), reference.buffers())]
+    json.dump({"calls": calls, "buffers": buffers}, open(sys.argv[1] + f".{env.rank}", "w"))
+    env.stop()
+""")
+
+
+@pytest.mark.slow
+def test_an_empty_process_under_autocast_sends_what_a_full_one_sends(tmp_path):
+    """bf16 autocast, one process with the whole batch, one with none: both make the same
+    collective calls with the same shapes and dtypes (float32), and the running statistics
+    are those of float32 BatchNorm on the whole batch up to the bf16 convolution."""
+    script = tmp_path / "global_bn_autocast.py"
+    script.write_text(GLOBAL_BN_AUTOCAST_SCRIPT)
+    run = torchrun(2, str(script), str(tmp_path / "result"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    full, empty = (json.loads((tmp_path / f"result.{r}").read_text()) for r in (0, 1))
+    assert full["calls"] == empty["calls"]
+    assert {dtype for _, dtype in full["calls"]} == {"torch.float32"}
+    assert len(full["calls"]) == 8  # 2 BatchNorms x (sums and count, squares) x fwd + bwd
+    assert max(full["buffers"]) < 0.05 and max(empty["buffers"]) < 0.05
+
+
 def test_shard_positions_cover_the_batch_in_order():
     for batch in (1, 7, 8, 64):
         for world in (1, 2, 3, 8):

@@ -89,6 +89,14 @@ def draw_device(generator: torch.Generator | None, device) -> torch.device | Non
     return generator.device if generator is not None else device
 
 
+def to_device(draws: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A step's CPU draws on the tiles' device: on a GPU through pinned memory, asynchronous
+    (a pageable copy would make the host wait for the GPU at every one)."""
+    if torch.device(device).type == "cuda" and draws.device.type == "cpu":
+        return draws.pin_memory().to(device, non_blocking=True)
+    return draws.to(device)
+
+
 def random_offsets(batch: int, geometry: PuzzleGeometry, generator=None, device=None):
     """Uniform jitter of each tile inside its cell: (B, m*m, 2)."""
     return torch.randint(
@@ -143,7 +151,8 @@ def colour_jitter(
     draw = draw or DrawRows.all(tiles.shape[0])
     shape = (draw.batch, tiles.shape[1], 1, 1, 1)
     here = draw_device(generator, tiles.device)
-    u = torch.rand((2, *shape), generator=generator, device=here)[:, draw.rows].to(tiles.device)
+    u = to_device(torch.rand((2, *shape), generator=generator, device=here)[:, draw.rows],
+                  tiles.device)
     saturation = 1 + strength * (2 * u[0] - 1)
     gamma = torch.exp(strength * (2 * u[1] - 1))
     grey = to_grey(tiles)
@@ -177,16 +186,16 @@ def make_tiles(
     grey = None
     here = draw_device(generator, dev)
     if train:
-        offsets = random_offsets(draw.batch, g, generator, here)[draw.rows].to(dev)
+        offsets = to_device(random_offsets(draw.batch, g, generator, here)[draw.rows], dev)
         if grey_prob > 0:
             grey = torch.rand(draw.batch, generator=generator, device=here)[draw.rows] < grey_prob
-            grey = grey.to(dev)
+            grey = to_device(grey, dev)
     else:
         offsets = centre_offsets(b, g, dev)
     # Cut the uint8 images first (4x less memory traffic), then convert the tiles only.
     tiles = cut_tiles(images, tile_boxes(g, offsets), g.tile).float().div_(255)
-    if grey is not None and grey.any():  # greying is per pixel: cutting first changes nothing
-        tiles[grey] = to_grey(tiles[grey])
+    if grey is not None:  # per pixel: cutting first changes nothing; no host sync (no mask)
+        tiles = torch.where(grey[:, None, None, None, None], to_grey(tiles), tiles)
     if train:
         tiles = colour_jitter(tiles, jitter_strength, generator, draw)
     return normalise_tiles(tiles)
@@ -279,7 +288,7 @@ def make_clip_frames(
     if train and grey_prob > 0:
         here = draw_device(generator, x.device)
         grey = torch.rand(draw.batch, generator=generator, device=here)[draw.rows] < grey_prob
-        x = torch.where(grey.to(x.device)[:, None, None, None, None], to_grey(x), x)
+        x = torch.where(to_device(grey, x.device)[:, None, None, None, None], to_grey(x), x)
     if train:
         x = colour_jitter(x, jitter_strength, generator, draw)
     return normalise_tiles(x)

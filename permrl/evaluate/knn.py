@@ -338,7 +338,8 @@ def evaluate_knn(
         conv1_stride=conv1_stride, bn_stats=bn_stats, batch_size=batch_size, workers=workers,
         device=device,
     )
-    result = retrieval_topk(q_feat, q_lab, g_feat, g_lab, ks=ks)
+    device = torch.device(device)  # the similarities where the features were computed
+    result = retrieval_topk(q_feat.to(device), q_lab, g_feat.to(device), g_lab, ks=ks)
     result.update(protocol_fields(train_source, test_source, layer, bn_stats, input_size,
                                   conv1_stride, int(g_feat.shape[1]), skipped))
     return result

@@ -84,7 +84,8 @@ def evaluate_video_knn(
         trunk, gallery, queries, layer=layer, input_size=input_size, conv1_stride=conv1_stride,
         bn_stats=bn_stats, batch_size=batch_size, workers=workers, device=device,
     )
-    frame_level = retrieval_topk(q_feat, q_lab, g_feat, g_lab, ks=ks)
+    on = torch.device(device)  # the similarities where the features were computed
+    frame_level = retrieval_topk(q_feat.to(on), q_lab, g_feat.to(on), g_lab, ks=ks)
     gv_feat, gv_lab = mean_per_video(g_feat, g_lab, gallery.video_of(g_idx))
     qv_feat, qv_lab = mean_per_video(q_feat, q_lab, queries.video_of(q_idx))
     video_level = retrieval_topk(qv_feat, qv_lab, gv_feat, gv_lab, ks=ks)
