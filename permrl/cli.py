@@ -1,5 +1,5 @@
 """Command line: `permrl train | permutations | eval knn|probe|finetune | ablate | fig4 | report |
-export | demo`.
+export | demo | landscape | prepare`.
 
 A user error (bad config, missing file, unreadable source) exits with status 2 and one line on
 stderr, never a traceback.
@@ -137,6 +137,26 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     print((Path(args.out) / "landscape.md").read_text(), end="")
     out = Path(args.out)
     print(f"figure {out / 'landscape.png'}; every gain {out / 'landscape.csv'}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from permrl.data.batches import scaled_size
+    from permrl.data.prepared import prepare_images
+    from permrl.data.samples import geometry_of
+    from permrl.data.sources import open_source
+
+    cfg = load_config(args.config, args.preset, args.set or [])
+    images = args.images or cfg.data.images
+    size = args.size or scaled_size(geometry_of(cfg).image_size)
+    t0 = time.perf_counter()
+    with tqdm(total=len(open_source(images)), unit="image", file=sys.stderr) as bar:
+        meta = prepare_images(images, args.out, size, workers=args.workers, progress=bar.update)
+    print(f"prepared {meta['count']} images of {images} at {size} px "
+          f"({len(meta['unreadable'])} unreadable) in {time.perf_counter() - t0:.0f} s; train "
+          f"from it with --set data.images=prepared:{args.out}")
     return 0
 
 
@@ -297,6 +317,19 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     ls.add_argument("--force", action="store_true", help="replace a previous landscape")
     ls.set_defaults(func=cmd_landscape)
+
+    pr = sub.add_parser("prepare", help="decode and resize an image source once into a store "
+                        "that training only crops from (data.images=prepared:DIR)")
+    pr.add_argument("--images", default=None, help="image source (default: data.images)")
+    pr.add_argument("--out", required=True, help="the store's folder (must not exist)")
+    pr.add_argument("--preset", choices=list(PRESETS), default=None,
+                    help="the preset the store is for (its puzzle size sets the square side)")
+    pr.add_argument("--config", help="YAML config file (its puzzle size sets the square side)")
+    pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    pr.add_argument("--size", type=int, default=None,
+                    help="square side in px (default: what the config's loader resizes to)")
+    pr.add_argument("--workers", type=int, default=1, help="decoding processes")
+    pr.set_defaults(func=cmd_prepare)
 
     d = sub.add_parser("demo", help="train on built-in data and compare with random init")
     d.add_argument("--out", default="runs/demo")

@@ -149,6 +149,12 @@ class StepBatches(Dataset):
         return sys.maxsize
 
 
+def scaled_size(image_size: int) -> int:
+    """The side of the centre square a training image is resized to before a random
+    `image_size` crop is taken from it (256 for the paper's 225 px puzzle)."""
+    return round(image_size * 256 / 225)
+
+
 class PuzzleBatches(StepBatches):
     """Spatial task: jigsaw tiles of a step's images (design §3).
 
@@ -172,7 +178,7 @@ class PuzzleBatches(StepBatches):
         the unreadable ones}. `parts` turns them into tiles on the training device."""
         rng, _ = self.generators(step)
         size = self.geometry.image_size
-        scaled = round(size * 256 / 225)
+        scaled = scaled_size(size)
         corners = rng.integers(0, scaled - size + 1, size=(self.batch_size, 2))
         images, rows, skipped = [], [], []
         for j, i in self.shard_items(step):

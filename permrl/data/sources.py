@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from permrl.data.builtin import DEMO_SUBSETS, dead_leaves, demo_photo, demo_photo_crops
 from permrl.data.image_source import ImageSource, SourceError
 from permrl.data.images import IMAGE_EXTENSIONS, resize_square
+from permrl.data.prepared import prepared_source
 from permrl.data.voc import open_voc2007
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -39,7 +40,7 @@ DEMO_MIX_CROPS = 64
 """Crops per photo of the demo-photos train region in the `demo` mix."""
 
 SOURCE_KINDS: tuple[str, ...] = (
-    "folder", "fashion-mnist", "demo-photos", "dead-leaves", "demo", "voc2007",
+    "folder", "fashion-mnist", "demo-photos", "dead-leaves", "demo", "voc2007", "prepared",
 )  # fmt: skip
 
 
@@ -237,10 +238,11 @@ _OPTIONS: dict[str, dict[str, Any]] = {
         "mode": ("objects", "images"),
         "min_pixels": 10000,
     },
+    "prepared": {},
 }
 """Options of each kind with their defaults: a tuple lists the choices, its first the default."""
 
-_TAKES_PATH = {"folder", "fashion-mnist", "voc2007"}
+_TAKES_PATH = {"folder", "fashion-mnist", "voc2007", "prepared"}
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
@@ -315,6 +317,8 @@ def open_source(spec: str) -> ImageSource:
                                 ?subset=trainval|test|train|val, ?mode=objects (box crops,
                                 labelled; ?min_pixels=10000) | images (whole, multi-label
                                 in .targets); see permrl.data.voc
+    prepared:/dir               a store written by `permrl prepare` (decoded, resized
+                                squares; see permrl.data.prepared)
     Any kind: ?limit=N keeps the first N items.
     """
     kind, path, opt = parse_spec(spec)
@@ -333,6 +337,7 @@ def open_source(spec: str) -> ImageSource:
         "voc2007": lambda: open_voc2007(
             spec, path, opt["subset"], opt["mode"], opt["min_pixels"]
         ),
+        "prepared": lambda: prepared_source(spec, path),
     }
     source = makers[kind]()
     if opt["limit"] is not None:

@@ -1,0 +1,68 @@
+"""The prepared image store (`permrl prepare`, `prepared:DIR`): the raw path's squares, once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import permrl.data.prepared as prepared
+from permrl.config import load_config
+from permrl.data.batches import PuzzleBatches, scaled_size
+from permrl.data.images import decode_image, resize_square
+from permrl.data.prepared import prepare_images
+from permrl.data.samples import geometry_of
+from permrl.data.sources import SourceError, open_source
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two classes of photos of assorted sizes and formats, one unreadable file."""
+    rng = np.random.default_rng(0)
+    for k, (h, w) in enumerate([(90, 120), (130, 70), (64, 64), (200, 150), (75, 110)]):
+        cls = tmp_path / "images" / f"class{k % 2}"
+        cls.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(cls / f"{k}.{'jpg' if k % 2 else 'png'}", quality=90)
+    (tmp_path / "images/class0/broken.jpg").write_bytes(b"not a jpeg")
+    return tmp_path / "images"
+
+
+def test_the_store_holds_the_raw_paths_squares_and_keeps_unreadables_unreadable(
+        folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "CHUNK", 2)  # several chunks over two processes
+    spec = f"folder:{folder}"
+    meta = prepare_images(spec, tmp_path / "store", size=48, workers=2)
+    raw, store = open_source(spec), open_source(f"prepared:{tmp_path / 'store'}")
+    assert len(store) == len(raw) == 6 and store.classes == raw.classes == ["class0", "class1"]
+    assert np.array_equal(store.labels, raw.labels)
+    for i in range(len(raw)):
+        image = decode_image(raw.items[i])
+        if image is None:
+            assert store.load(i) is None
+            continue
+        assert np.array_equal(store.load(i), resize_square(image, 48, crop="center"))
+    assert meta["unreadable"] == [str(folder / "class0/broken.jpg")]
+    assert "1 unreadable" in store.notes[0]
+    with pytest.raises(FileExistsError, match="exists"):
+        prepare_images(spec, tmp_path / "store", size=48)
+
+
+def test_puzzles_from_the_store_are_the_raw_paths_puzzles(folder, tmp_path):
+    cfg = load_config(overrides=["spatial.grid=2", "spatial.cell=36", "spatial.tile=32",
+                                 "spatial.permutations=12"])
+    geometry = geometry_of(cfg)
+    spec = f"folder:{folder}"
+    prepare_images(spec, tmp_path / "store", size=scaled_size(geometry.image_size))
+    batches = [PuzzleBatches(open_source(s), np.arange(6), geometry, 4, 0, 0.3, 0.2)
+               for s in (spec, f"prepared:{tmp_path / 'store'}")]
+    for step in range(3):
+        raw, store = (b[step] for b in batches)
+        assert torch.equal(raw["uint8"], store["uint8"]) and torch.equal(raw["rows"], store["rows"])
+        assert len(raw["skipped"]) == len(store["skipped"])
+
+
+def test_a_folder_that_is_no_store_is_one_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="is not a prepared store .* permrl prepare"):
+        open_source(f"prepared:{tmp_path}")
