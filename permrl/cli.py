@@ -144,19 +144,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from permrl.data.batches import scaled_size
-    from permrl.data.prepared import prepare_images
+    from permrl.data.prepared import prepare_images, prepare_videos
     from permrl.data.samples import geometry_of
     from permrl.data.sources import open_source
+    from permrl.data.video_sources import open_video_source
 
     cfg = load_config(args.config, args.preset, args.set or [])
-    images = args.images or cfg.data.images
-    size = args.size or scaled_size(geometry_of(cfg).image_size)
+    if args.videos:  # every frame, shorter side to --size (default 128)
+        spec, kind, size, key = args.videos, "videos", args.size or 128, "videos=prepared-videos"
+        total, prepare = len(open_video_source(spec)), prepare_videos
+    else:  # the squares the spatial loader crops from
+        spec, kind, key = args.images or cfg.data.images, "images", "images=prepared"
+        size = args.size or scaled_size(geometry_of(cfg).image_size)
+        total, prepare = len(open_source(spec)), prepare_images
     t0 = time.perf_counter()
-    with tqdm(total=len(open_source(images)), unit="image", file=sys.stderr) as bar:
-        meta = prepare_images(images, args.out, size, workers=args.workers, progress=bar.update)
-    print(f"prepared {meta['count']} images of {images} at {size} px "
+    with tqdm(total=total, unit=kind[:-1], file=sys.stderr) as bar:
+        meta = prepare(spec, args.out, size, workers=args.workers, progress=bar.update)
+    print(f"prepared {meta['count']} {kind} of {spec} at {size} px "
           f"({len(meta['unreadable'])} unreadable) in {time.perf_counter() - t0:.0f} s; train "
-          f"from it with --set data.images=prepared:{args.out}")
+          f"from it with --set data.{key}:{args.out}")
     return 0
 
 
@@ -320,14 +326,18 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
 
     pr = sub.add_parser("prepare", help="decode and resize an image source once into a store "
                         "that training only crops from (data.images=prepared:DIR)")
-    pr.add_argument("--images", default=None, help="image source (default: data.images)")
+    what = pr.add_mutually_exclusive_group()
+    what.add_argument("--images", default=None, help="image source (default: data.images)")
+    what.add_argument("--videos", default=None, help="a video source instead: every frame "
+                      "decoded once, shorter side --size (default 128) px")
     pr.add_argument("--out", required=True, help="the store's folder (must not exist)")
     pr.add_argument("--preset", choices=list(PRESETS), default=None,
                     help="the preset the store is for (its puzzle size sets the square side)")
     pr.add_argument("--config", help="YAML config file (its puzzle size sets the square side)")
     pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     pr.add_argument("--size", type=int, default=None,
-                    help="square side in px (default: what the config's loader resizes to)")
+                    help="square side in px (default: what the config's loader resizes to; "
+                    "videos: the frames' shorter side, 128)")
     pr.add_argument("--workers", type=int, default=1, help="decoding processes")
     pr.set_defaults(func=cmd_prepare)
 

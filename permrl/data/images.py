@@ -98,6 +98,19 @@ def decode_image(path: str | os.PathLike[str]) -> np.ndarray | None:
     return arr
 
 
+def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) resized (bilinear, antialiased) so that its shorter side is `size`."""
+    h, w = img.shape[:2]
+    if h <= w:
+        new_h, new_w = size, max(size, round(w * size / h))
+    else:
+        new_h, new_w = max(size, round(h * size / w)), size
+    if (new_h, new_w) == (h, w):
+        return img
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    return np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 def resize_square(
     img: np.ndarray,
     size: int,
@@ -118,15 +131,8 @@ def resize_square(
         arr = _grey_to_rgb(arr)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}")
-    arr = arr.astype(np.uint8, copy=False)
-    h, w = arr.shape[:2]
-    if h <= w:
-        new_h, new_w = size, max(size, round(w * size / h))
-    else:
-        new_h, new_w = max(size, round(h * size / w)), size
-    if (new_h, new_w) != (h, w):
-        pil = Image.fromarray(np.ascontiguousarray(arr))
-        arr = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    arr = resize_short_side(arr.astype(np.uint8, copy=False), size)
+    new_h, new_w = arr.shape[:2]
     if crop == "center":
         top, left = (new_h - size) // 2, (new_w - size) // 2
     else:

@@ -18,6 +18,7 @@ from permrl.data import builtin_videos
 from permrl.data.builtin import DEMO_SUBSETS
 from permrl.data.image_source import item_labels
 from permrl.data.images import IMAGE_EXTENSIONS, decode_image
+from permrl.data.prepared import prepared_video_source
 from permrl.data.sources import SkipCounter, SourceError, split_spec
 from permrl.data.videos import VIDEO_EXTENSIONS, count_frames, probe_video, read_clip
 
@@ -31,12 +32,13 @@ _OPTIONS: dict[str, dict[str, Any]] = {
         "subset": DEMO_SUBSETS, "count": 120, "frames": 24, "size": 96, "seed": 0,
         "label": builtin_videos.DEMO_VIDEO_LABELS,
     },
+    "prepared-videos": {},
 }  # fmt: skip
 """Options of each kind with their defaults: a tuple lists the choices, its first the default."""
 
 VIDEO_SOURCE_KINDS: tuple[str, ...] = tuple(_OPTIONS)
 
-_TAKES_PATH = {"videos", "frames", "ucf101", "hmdb51"}
+_TAKES_PATH = {"videos", "frames", "ucf101", "hmdb51", "prepared-videos"}
 
 
 class FrameFolder(NamedTuple):
@@ -49,7 +51,8 @@ class FrameFolder(NamedTuple):
 class VideoSource:
     """A finite, indexable collection of videos with optional integer labels.
 
-    items[i] is a video file path, a FrameFolder, or an in-memory clip uint8 (T, H, W, 3).
+    items[i] is a video file path, a FrameFolder, or a clip uint8 (T, H, W, 3): an array, or
+    anything with a length and frame indexing (a prepared store's memory-mapped video).
     labels: int64, -1 where unlabelled; classes: label names; notes: remarks for the user;
     threads: the most threads FFmpeg may use per read (1 suits DataLoader workers).
     """
@@ -124,7 +127,7 @@ class VideoSource:
             return None
         if isinstance(item, FrameFolder):
             return _read_frame_files([item.files[k] for k in wanted])
-        return np.asarray(item, dtype=np.uint8)[wanted]
+        return np.asarray(item[wanted], dtype=np.uint8)  # (a prepared clip reads only these)
 
     def evenly_spaced(self, i: int, n: int) -> list[int] | None:
         """n indices spread evenly over video i: round(k * (count - 1) / (n - 1)), halves up,
@@ -393,6 +396,8 @@ def open_video_source(spec: str) -> VideoSource:
     demo-videos          built-in clips (permrl.data.builtin_videos);
                          ?subset=train|gallery|query&count=120&frames=24&size=96&seed=0
                          &label=event|photo
+    prepared-videos:/dir a store written by `permrl prepare --videos` (every frame decoded,
+                         resized; see permrl.data.prepared)
     Any kind: ?limit=N keeps the first N videos.
     """
     kind, path, opt = parse_video_spec(spec)
@@ -402,6 +407,7 @@ def open_video_source(spec: str) -> VideoSource:
         "ucf101": lambda: _ucf101_source(spec, path, opt["split"], opt["subset"]),
         "hmdb51": lambda: _hmdb51_source(spec, path, opt["split"], opt["subset"]),
         "demo-videos": lambda: _demo_videos_source(spec, opt),
+        "prepared-videos": lambda: prepared_video_source(spec, path),
     }
     source = makers[kind]()
     if opt["limit"] is not None:

@@ -66,3 +66,28 @@ def test_puzzles_from_the_store_are_the_raw_paths_puzzles(folder, tmp_path):
 def test_a_folder_that_is_no_store_is_one_clear_error(tmp_path):
     with pytest.raises(SourceError, match="is not a prepared store .* permrl prepare"):
         open_source(f"prepared:{tmp_path}")
+
+
+def test_the_video_store_holds_every_frame_resized_and_reads_a_clips_frames(tmp_path):
+    from permrl.data.images import resize_short_side
+    from permrl.data.prepared import prepare_videos
+    from permrl.data.video_sources import open_video_source
+
+    from .test_video_sources import write_video
+
+    write_video(tmp_path / "videos/a/one.mp4", n=12)
+    write_video(tmp_path / "videos/b/two.mp4", n=9, level=40)
+    (tmp_path / "videos/b/broken.mp4").write_bytes(b"not a video")
+    spec = f"videos:{tmp_path / 'videos'}"
+    meta = prepare_videos(spec, tmp_path / "store", size=24)
+    raw, store = open_video_source(spec), open_video_source(f"prepared-videos:{tmp_path / 'store'}")
+    assert meta["frames"] == [12, 0, 9] and store.classes == raw.classes == ["a", "b"]
+    assert np.array_equal(store.labels, raw.labels)
+    for i, count in enumerate(meta["frames"]):
+        assert store.frame_count(i) == count
+        if count:  # each frame decoded once, shorter side 48 -> 24 px
+            frames = raw.read_frames(i, range(count))
+            expected = np.stack([resize_short_side(f, 24) for f in frames])[[0, 4, count - 1]]
+            assert np.array_equal(store.read_frames(i, [0, 4, count - 1]), expected)
+    assert store.read_frames(1, [0]) is None  # the broken file: unreadable, as from the raw
+    assert store.read_frames(0, [12]) is None  # past the end: too short, as from the raw
