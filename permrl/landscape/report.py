@@ -187,14 +187,11 @@ def summary_table(result: dict[str, Any]) -> str:
 
 def plot_landscape(path: Path, result: dict[str, Any]) -> None:
     """Mean gain +- se of every arm, one panel per metric (stored BN), one bar per horizon."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from permrl.report.figures import new_figure
 
     arms, horizons = result["arms"], result["horizons"]
-    fig, axes = plt.subplots(len(METRICS), 1, figsize=(max(8, 0.45 * len(arms)), 9),
-                             sharex=True)
+    fig = new_figure((max(8, 0.45 * len(arms)), 9))
+    axes = fig.subplots(len(METRICS), 1, sharex=True)
     x = np.arange(len(arms))
     width = 0.8 / len(horizons)
     for ax, m in zip(axes, METRICS, strict=True):
@@ -211,4 +208,3 @@ def plot_landscape(path: Path, result: dict[str, Any]) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""Figures of a training run (matplotlib, Agg backend): one PNG per function.
+"""Figures of a training run (matplotlib's object API, no pyplot: importing this module never
+switches the caller's backend): one PNG per function.
 
 Every ``plot_*`` function writes one PNG and returns its path, or returns None (and writes no
 file) when the data it needs is absent from the run directory. The figures follow the paper
@@ -25,17 +26,14 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import yaml
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from permrl.config import TASKS  # noqa: E402
+from permrl.config import TASKS
 
 DPI = 120
 QUARTILE_LABELS = ("easiest 25%", "2nd 25%", "3rd 25%", "hardest 25%")
@@ -170,6 +168,19 @@ def _title(fig: Figure, title: str, subtitle: str) -> None:
     fig.text(0.5, 1 - caption_top / height, "\n".join(subs), ha="center", va="top", **sub_style)
 
 
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure with its own Agg canvas, without pyplot: no global figure state to close, and
+    the caller's matplotlib backend is never switched."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
+    fig = new_figure(figsize)
+    return fig, fig.subplots(*grid, **options)
+
+
 def _save(fig: Figure, out_png: str | Path, tight: bool = True) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +189,6 @@ def _save(fig: Figure, out_png: str | Path, tight: bool = True) -> Path:
         fig.tight_layout(pad=0.6, h_pad=1.2, w_pad=1.2,
                          rect=(0, 0, 1, 1 - header / fig.get_figheight()))
     fig.savefig(out, dpi=DPI)
-    plt.close(fig)
     return out
 
 
@@ -222,7 +232,7 @@ def plot_training_curves(run_dir: str | Path, out_png: str | Path) -> Path | Non
              if any(f"{t}_loss" in r or f"{t}_val_accuracy" in r for r in records)]
     if not tasks:
         return None
-    fig, axes = plt.subplots(2, len(tasks), figsize=(5.2 * len(tasks), 6.6), squeeze=False)
+    fig, axes = _subplots(2, len(tasks), figsize=(5.2 * len(tasks), 6.6), squeeze=False)
     for col, task in enumerate(tasks):
         colour = TASK_COLOURS.get(task, "#1f77b4")
         train = [r for r in records if f"{task}_loss" in r and "step" in r]
@@ -275,7 +285,7 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
     shares = 100 * counts / counts.sum(axis=1, keepdims=True)
     x = np.arange(len(episodes))
     sized = [r for r in episodes if r.get("group_sizes")]
-    fig, axes = plt.subplots(2 if sized else 1, 1, sharex=True, squeeze=False,
+    fig, axes = _subplots(2 if sized else 1, 1, sharex=True, squeeze=False,
                              figsize=(max(6.5, min(14.0, 0.3 * len(x) + 4)),
                                       7.4 if sized else 4.8),
                              gridspec_kw={"height_ratios": (3, 2)} if sized else None)
@@ -302,7 +312,7 @@ def plot_fig4_quartiles(run_dir: str | Path, out_png: str | Path,
         for k, r in enumerate(episodes):
             sizes[k, : len(r["group_sizes"])] = r["group_sizes"]
         sizes = 100 * sizes / sizes.sum(axis=1, keepdims=True)
-        colours = plt.get_cmap("RdYlGn")(np.linspace(0.05, 0.95, n_groups))
+        colours = colormaps["RdYlGn"](np.linspace(0.05, 0.95, n_groups))
         bottom = np.zeros(len(x))
         for g in range(n_groups):
             ax2.bar(x, sizes[:, g], bottom=bottom, width=width, color=colours[g],
@@ -354,8 +364,8 @@ def plot_fig5_retrieval(curves: dict[str, list[tuple[int, float]]], out_png: str
     if not curves:
         return None
     scale = 100.0 if all(v <= 1.0 for pts in curves.values() for _, v in pts) else 1.0
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    cmap = plt.get_cmap("tab10")
+    fig, ax = _subplots(figsize=(7.5, 4.6))
+    cmap = colormaps["tab10"]
     for i, (name, points) in enumerate(curves.items()):
         steps = [s for s, _ in points]
         values = [v * scale for _, v in points]
@@ -395,9 +405,9 @@ def plot_seed_bands(panels: dict[str, dict[str, Sequence[Sequence[tuple[int, flo
     names = list(dict.fromkeys(n for b in bands.values() for n in b))
     scale = 100.0 if all(band[3].max() <= 1.0 for b in bands.values()
                          for band, _ in b.values()) else 1.0
-    fig, axes = plt.subplots(1, len(bands), figsize=(4.6 * len(bands) + 1.6, 4.6),
+    fig, axes = _subplots(1, len(bands), figsize=(4.6 * len(bands) + 1.6, 4.6),
                              squeeze=False, sharey=True)
-    cmap = plt.get_cmap("tab10")
+    cmap = colormaps["tab10"]
     for ax, (panel, series) in zip(axes[0], bands.items(), strict=True):
         for name, ((steps, mean, low, high), seeds) in series.items():
             colour = cmap(names.index(name) % 10)
@@ -439,7 +449,7 @@ def plot_fig6_permutation_errors(with_policy_run: str | Path | None,
     if not panels:
         return None
     width, height = max(8.0, 5.2 * len(panels) + 1.4), 5.6
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
+    fig, axes = _subplots(1, len(panels), figsize=(width, height), squeeze=False)
     panel_right = 1 - 1.3 / width
     fig.subplots_adjust(left=0.75 / width, right=panel_right, bottom=0.75 / height,
                         top=1 - (HEADER_IN + 0.3) / height, wspace=0.9 / 5.2)
@@ -483,7 +493,7 @@ def plot_fig3_neighbours(query_images: Sequence[np.ndarray],
     n_rows = len(query_images)
     n_cols = 1 + max((len(n) for n in neighbour_images), default=0)
     width, height = 1.7 * n_cols + 0.3, 1.95 * n_rows + HEADER_IN + 0.1
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    fig, axes = _subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
     fig.subplots_adjust(left=0.1 / width, right=1 - 0.1 / width, bottom=0.1 / height,
                         top=1 - (HEADER_IN + 0.25) / height, wspace=0.08,
                         hspace=0.3 / 1.65)
@@ -537,7 +547,7 @@ def plot_policy(run_dir: str | Path, out_png: str | Path, task: str = "spatial")
     n_panels = 2 if rewarded else 1
     bottom = 0.95 if rewarded else 0.55  # (the reward panel's legend goes under its axis)
     width, height = max(7.5, min(14.0, 0.25 * len(x) + 5.5)), 3.5 * n_panels + bottom + 0.45
-    fig = plt.figure(figsize=(width, height))
+    fig = new_figure((width, height))
     grid = fig.add_gridspec(n_panels, 2, width_ratios=(1, 0.025), wspace=0.03, hspace=0.25,
                             left=1.1 / width, right=1 - 0.8 / width, bottom=bottom / height,
                             top=1 - (HEADER_IN + 0.55) / height)

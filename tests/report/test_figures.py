@@ -154,9 +154,10 @@ def test_fig3_neighbours(tmp_path):
 
 @pytest.fixture
 def kept_figures(monkeypatch):
-    """The figures a plot_* call saves, kept open (they are closed after saving otherwise)."""
-    kept = []
-    monkeypatch.setattr(F.plt, "close", kept.append)
+    """The figures a plot_* call saves."""
+    kept, save = [], F._save
+    monkeypatch.setattr(F, "_save", lambda fig, *args, **kw: (kept.append(fig),
+                                                              save(fig, *args, **kw))[1])
     return kept
 
 
@@ -235,3 +236,13 @@ def test_seed_band_by_hand(tmp_path):
     assert out is not None and out.stat().st_size > 1000
     assert F.plot_seed_bands({"T": {"T": []}}, tmp_path / "none.png", metric="m",
                              title="t") is None
+
+
+def test_importing_the_figures_never_switches_the_callers_backend():
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import permrl.report.figures, "
+            "permrl.landscape.report, permrl.report.html; print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
