@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from permrl.errors import UserError
 from permrl.files import write_atomic
 
 NUMPY = "__numpy__"  # {NUMPY: tensor} stands for a NumPy array in a saved checkpoint
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or written: one line naming the file."""
 
 

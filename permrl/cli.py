@@ -16,15 +16,9 @@ import warnings
 from pathlib import Path
 
 from permrl import __version__
-from permrl.checkpoint import CheckpointError
 from permrl.config import PRESETS, ConfigError, load_config, to_yaml
-from permrl.data.sources import SourceError
-from permrl.export import ExportError
-from permrl.permutations import PermutationFileError
+from permrl.errors import UserError
 from permrl.run_dir import Interrupted, RunError
-
-USER_ERRORS = (ConfigError, SourceError, RunError, CheckpointError, PermutationFileError,
-               ExportError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -418,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except UserError as e:  # ConfigError, SourceError, RunError, CheckpointError, ...
         print(f"permrl: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output path that cannot be written, a full disk

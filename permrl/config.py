@@ -15,10 +15,11 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from permrl.errors import UserError
 from permrl.models.trunk import block_size, min_input_size
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user error in a configuration: one line naming the key."""
 
 

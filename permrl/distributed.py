@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from permrl.run_dir import RunError
+from permrl.errors import RunError, UserError
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ T = TypeVar("T")
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError):
     """A user-facing problem of the distributed set-up: one line."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from permrl.errors import UserError
 from permrl.files import atomic_path
 from permrl.models.trunk import BLOCKS, CaffeNetBN, ConvBN, caffe_pool
 
@@ -29,7 +30,7 @@ TOLERANCE = 1e-4
 ONNX_OPSET = 17
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A user error about an export (format, checkpoint, missing package): one line."""
 
 

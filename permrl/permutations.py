@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from permrl.errors import UserError
 from permrl.files import atomic_path, write_atomic
 
 __all__ = [
@@ -41,7 +42,7 @@ MAX_ENUMERATED_SIZE = 10  # size! candidates are enumerated up to this size, poo
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
-class PermutationFileError(ValueError):
+class PermutationFileError(UserError):
     """A permutation set (on disk or in memory) is missing, unreadable or invalid."""
 
 

@@ -18,14 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from permrl.config import TASKS, Config, config_differences, config_from_dict
+from permrl.errors import RunError  # (its home until 0.3; kept importable from here)
 from permrl.files import atomic_path
 
 if TYPE_CHECKING:
     from permrl.policy.state import NetworkState
-
-
-class RunError(ValueError):
-    """A user error about a run directory, a resume or the data: one line."""
 
 
 class PermutationErrors:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from permrl.data.images import decode_image
+from permrl.errors import UserError
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A problem with a whole image source (bad spec, missing path, nothing readable)."""
 
 
