@@ -410,13 +410,11 @@ def idle_policy(cfg: Config) -> str | None:
 
 
 def policy_updates(cfg: Config, task: str) -> int:
-    """How many policy updates (episodes, Sect. 3.2) `task` gets in a run: an episode starts
-    after iteration m (N + K) + N and ends after (m + 1)(N + K), both while the task trains."""
-    cycle = cfg.reinforce.sgd_steps + cfg.reinforce.episode_batches
-    steps = task_steps(cfg, task)
-    first_m = max(0, math.ceil((steps.start + 1 - cfg.reinforce.sgd_steps) / cycle))
-    last_m = steps.stop // cycle - 1
-    return max(0, last_m - first_m + 1)
+    """How many policy updates (episodes, Sect. 3.2) `task` gets in a run (`Cycle.updates`)."""
+    from permrl.policy.cycle import Cycle
+
+    r = cfg.reinforce
+    return Cycle(r.sgd_steps, r.episode_batches).updates(task_steps(cfg, task))
 
 
 def get(cfg: Config, dotted: str) -> Any:

@@ -25,6 +25,7 @@ from typing import Any
 from permrl.checkpoint import load_checkpoint
 from permrl.config import ADAPTIVE_POLICIES, Config, ConfigError, config_with
 from permrl.files import write_atomic
+from permrl.policy.cycle import Cycle
 from permrl.run_dir import Interrupted, RunError
 from permrl.train import train
 
@@ -43,9 +44,10 @@ def probe_config(ckpt: dict[str, Any], episodes: int, policy: str,
         lr = first.train.lr
         print(f"permrl: the checkpoint's learning rate is 0 (end of its schedule); using "
               f"train.lr={lr}", file=sys.stderr)
-    cycle = first.reinforce.sgd_steps + first.reinforce.episode_batches
-    fixed = [f"policy={policy}", f"train.steps={episodes * cycle}", "train.schedule=constant",
-             "train.warmup_steps=0", f"train.lr={lr}", "train.serial_switch=0"]
+    cycle = Cycle(first.reinforce.sgd_steps, first.reinforce.episode_batches)
+    fixed = [f"policy={policy}", f"train.steps={episodes * cycle.length}",
+             "train.schedule=constant", "train.warmup_steps=0", f"train.lr={lr}",
+             "train.serial_switch=0"]
     return config_with(ckpt["config"], fixed + list(overrides))
 
 

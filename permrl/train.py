@@ -54,6 +54,7 @@ from permrl.models.build import build_model
 from permrl.models.heads import OrderingNet
 from permrl.models.trunk import CaffeNetBN
 from permrl.permutations import permutation_checksum, reversal_twins
+from permrl.policy.cycle import Cycle
 from permrl.policy.state import NetworkState, sharded_state
 from permrl.policy.twin import PairedTwin
 from permrl.run_dir import (
@@ -78,17 +79,11 @@ from permrl.tasks import (
 
 
 def policy_phase(cfg: Config, done: int) -> str | None:
-    """Where `done` iterations fall in the schedule of Sect. 3.2 (design §5).
-
-    Cycles of N SGD iterations with the policy fixed, then an episode of K mini-batches:
-    "episode_start" after the N iterations (validate -> s_t, groups, s_hat), "episode_end"
-    after the K (validate -> E_{t+1}, reward, policy update).
-    """
-    if cfg.policy == "uniform" or done == 0:
-        return None
-    n, k = cfg.reinforce.sgd_steps, cfg.reinforce.episode_batches
-    position = done % (n + k)
-    return "episode_start" if position == n else "episode_end" if position == 0 else None
+    """Where `done` iterations fall in the policy's schedule (`permrl.policy.cycle.Cycle`):
+    "episode_start" (validate -> s_t, groups, s_hat), "episode_end" (validate -> E_{t+1},
+    reward, policy update) or None; always None for uniform draws."""
+    r = cfg.reinforce
+    return None if cfg.policy == "uniform" else Cycle(r.sgd_steps, r.episode_batches).phase(done)
 
 
 def retrieval_during_training(
