@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check permrl tests benchmarks
+	$(BIN)/ruff check permrl tests benchmarks examples
 
 lock: $(STAMP)  # after upgrading and testing: pin what .venv holds now
 	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
