@@ -77,13 +77,6 @@ def from_plain(obj: Any) -> Any:
     return obj
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to `path` so that a crash leaves either the old file or the new one."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
 def step_files(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of the kept step checkpoints, newest first."""
     found = []

@@ -216,12 +216,3 @@ class OrderingNet(nn.Module):
     def forward(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {task: self.logits(task, x) for task, x in parts.items()}
 
-
-def permutation_logits(
-    head: SpatialHead | TemporalHead,
-    features: torch.Tensor,
-    permutations: torch.Tensor,
-    chunk: int = 64,
-) -> torch.Tensor:
-    """Logits of every permutation of Psi applied to every sample, from cached fc6 features."""
-    return head.permutation_logits(features, permutations, chunk)

@@ -29,10 +29,6 @@ class PermutationGroups:
     sizes: np.ndarray  # (|C|,) int: |c_j| (0 for an empty slot)
     medians: np.ndarray  # (|C|,) float: median of s over all (psi, x) pairs of c_j (Eq. 10)
 
-    def members(self, j: int) -> np.ndarray:
-        """Indices into Psi of the permutations in group j, ascending."""
-        return np.flatnonzero(self.assignment == j)
-
 
 def group_permutations(
     ratios: np.ndarray, num_groups: int, seed: int, n_init: int = 10

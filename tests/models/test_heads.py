@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead, permutation_logits
+from permrl.models.heads import OrderingNet, SpatialHead, TemporalHead
 from permrl.models.trunk import CaffeNetBN
 
 
@@ -78,7 +78,7 @@ def test_permutation_logits_equals_naive_forward(grid, chunk):
     head = _head(n_tiles=n, n_perms=11, seed=grid).eval()
     feats = torch.randn(3, n, 6, generator=gen)
     with torch.no_grad():
-        fast = permutation_logits(head, feats, perms, chunk=chunk)
+        fast = head.permutation_logits(feats, perms, chunk=chunk)
         ref = _naive(head, feats, perms)
     assert fast.shape == (3, perms.shape[0], 11)
     assert (fast - ref).abs().max().item() <= 1e-5
@@ -89,7 +89,7 @@ def test_permutation_logits_identity_equals_head_forward():
     x = torch.rand(2 * 9, 4, 2, 2, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         feats = head.part_features(x)
-        fast = permutation_logits(head, feats, torch.arange(9)[None])
+        fast = head.permutation_logits(feats, torch.arange(9)[None])
         torch.testing.assert_close(fast[:, 0], head(x), rtol=1e-5, atol=1e-5)
 
 
@@ -161,7 +161,7 @@ def test_temporal_permutation_logits_equal_naive(chunk):
     head = TemporalHead(12, 4, 6, fc6_dim=8, hidden=10).eval()
     feats = torch.randn(3, 4, 8)
     perms = torch.stack([torch.randperm(4) for _ in range(6)])
-    fast = permutation_logits(head, feats, perms, chunk=chunk)
+    fast = head.permutation_logits(feats, perms, chunk=chunk)
     naive = torch.stack([torch.stack([head.classify(feats[v : v + 1, perms[p]])[0]
                                       for p in range(6)]) for v in range(3)])
     assert (fast - naive).abs().max().item() <= 1e-5
