@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python -m permrl demo --out runs/demo
 
 # Table 5 at CPU scale: 11 variants x 3 seeds on built-in data (README, Results); resumable.
-TABLE5_VARIANTS := S,S+P,T,T+P,S&T,S+T,S+T+P,S+exp3,S+hardness,T+exp3,T+hardness
+TABLE5_VARIANTS := S,S+P,T,T+P,S&T,S+T,S+T+P,S+exp3,S+hardness,T+exp3,T+hardness,S+fixed,T+fixed
 table5: $(STAMP)
 	$(BIN)/python -m permrl ablate --config examples/table5.yaml --seeds 3 \
 	  --variants '$(TABLE5_VARIANTS)' --out runs/table5

@@ -444,6 +444,10 @@ def train_loop(
                 break
     finally:
         bar.close()
+        # The workers now, even with an exception on its way: they ignore SIGTERM (a signal to
+        # the process group is the main process's to handle), so the interpreter's exit could
+        # not stop them and would wait for them forever.
+        loaders.clear()
     return None, last_loss, val_acc
 
 

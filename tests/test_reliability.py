@@ -70,10 +70,41 @@ KILL_AT = textwrap.dedent("""
     elif where == "checkpoint":  # checkpoint-<at>.pt written, checkpoint.pt still the previous
         kill_before(permrl.checkpoint, "_link_atomic", lambda new, link: f"{at:08d}" in new.name)
     elif where == "reward":  # the episode ending at step `at`: its state computed, pi not updated
-        kill_before(permrl.policy.samplers.PolicySampler, "end_episode", lambda _, it, s: it == at)
+        kill_before(permrl.policy.samplers.PolicySampler, "end_episode",
+                    lambda _, it, *state_and_twin: it == at)
     from permrl.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
+
+
+RAISE_AT = textwrap.dedent("""
+    import sys
+    import permrl.bookkeeping
+    at, step = int(sys.argv[1]), permrl.bookkeeping.StepGuard.step
+
+    def failing(self, ok, done):
+        if done == at:
+            raise RuntimeError("a bug at step %d" % at)
+        return step(self, ok, done)
+
+    permrl.bookkeeping.StepGuard.step = failing
+    from permrl.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+@pytest.mark.slow
+def test_an_unexpected_exception_with_workers_ends_the_process(tmp_path):
+    """A bug (not a user error) raised inside the loop while a DataLoader worker runs: the
+    traceback is printed and the process exits. The workers ignore SIGTERM, so without an
+    explicit shut-down the interpreter's exit would wait for them forever. (The timeout only
+    turns a hang into a failure.)"""
+    script = tmp_path / "raise_at.py"
+    script.write_text(RAISE_AT)
+    args = command(tmp_path / "run", 8)[3:]
+    run = subprocess.run([sys.executable, str(script), "3", *args], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 1 and "RuntimeError: a bug at step 3" in run.stderr
 
 
 @pytest.mark.slow

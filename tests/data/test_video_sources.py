@@ -284,4 +284,5 @@ def test_demo_videos_real():
 
 
 def test_kinds_listed():
-    assert VIDEO_SOURCE_KINDS == ("videos", "frames", "ucf101", "hmdb51", "demo-videos")
+    assert VIDEO_SOURCE_KINDS == ("videos", "frames", "ucf101", "hmdb51", "demo-videos",
+                                  "prepared-videos")
