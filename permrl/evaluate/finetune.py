@@ -213,7 +213,7 @@ def train_finetune(
     the steps): (the losses, unreadable training items)."""
     drops = sorted(math.ceil(f * steps) for f in lr_drops if 0 < f < 1)
     net.train()
-    losses: list[float] = []
+    losses: list[Tensor] = []  # on the device, read once at the end (no sync per step)
     skipped = 0
     for step in range(steps):
         for group in opt.param_groups:
@@ -231,8 +231,8 @@ def train_finetune(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    return losses, skipped
+        losses.append(loss.detach())
+    return (torch.stack(losses).tolist() if losses else []), skipped
 
 
 def finetune_result(

@@ -252,7 +252,7 @@ def train_probe(
         for _ in range(epochs):
             model.train()
             order = torch.randperm(len(train_y), generator=shuffle)
-            total, seen = 0.0, 0
+            total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 logits = model(train_z[idx].to(device))
@@ -260,9 +260,9 @@ def train_probe(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(idx)
+                total += loss.detach().double() * len(idx)  # read once per epoch
                 seen += len(idx)
-            last_loss = total / seen
+            last_loss = total.item() / seen
         test_acc = _accuracy(model, test_z, test_y, device, 4096)
         train_acc = _accuracy(model, train_z, train_y, device, 4096)
     settings: dict[str, Any] = dict(
