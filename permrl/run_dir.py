@@ -59,12 +59,22 @@ class PermutationErrors:
             np.savez_compressed(f, **arrays)
 
 
-def parsed_step(line: str) -> int | None:
-    """The step of a metrics line; None for a line a crash left half-written."""
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return None
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/metrics.jsonl in file order ([] if the file is absent): the one
+    reader of that file. Blank or unparsable lines (e.g. a line cut short by a killed run) and
+    lines that are not JSON objects are skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 class MetricsLog:
@@ -80,10 +90,9 @@ class MetricsLog:
             return
         if resume_step is None:
             path.write_text("")
-        elif path.exists():
-            keep = [ln for ln in path.read_text().splitlines()
-                    if parsed_step(ln) is not None and parsed_step(ln) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+        elif path.exists():  # (records written by `write`: json.dumps round-trips them)
+            keep = [r for r in read_metrics(path.parent) if int(r.get("step", 0)) <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -155,8 +164,8 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
 def last_validation(metrics: Path) -> dict[str, float]:
     """Each task's last held-out puzzle accuracy in metrics.jsonl."""
     last: dict[str, float] = {}
-    for line in metrics.read_text().splitlines() if metrics.exists() else []:
-        for key, value in json.loads(line).items():
+    for record in read_metrics(metrics.parent):
+        for key, value in record.items():
             if key.endswith("_val_accuracy"):
                 last[key.removesuffix("_val_accuracy")] = value
     return last

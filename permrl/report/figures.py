@@ -20,7 +20,6 @@ Plus :func:`plot_training_curves` (loss, training and held-out accuracy) and
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from permrl.config import TASKS
+from permrl.run_dir import read_metrics
 
 DPI = 120
 QUARTILE_LABELS = ("easiest 25%", "2nd 25%", "3rd 25%", "hardest 25%")
@@ -42,28 +42,6 @@ TASK_COLOURS = {"spatial": "#1f77b4", "temporal": "#ff7f0e"}
 
 
 # Reading a run directory ------------------------------------------------------------------
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of RUN_DIR/metrics.jsonl in file order ([] if the file is absent).
-
-    Blank or unparsable lines (e.g. a line cut short by a killed run) are skipped.
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """RUN_DIR/config.yaml as a dict ({} if absent or unreadable)."""
     path = Path(run_dir) / "config.yaml"
