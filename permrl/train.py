@@ -166,13 +166,18 @@ class Run:
         self.perms_on_device = {n: p.to(self.device) for n, p in self.perms.items()}
         self.reversal_twins = {n: torch.from_numpy(reversal_twins(p))
                                for n, p in self.perms.items()}
+        self.states: dict[str, tuple[int, NetworkState]] = {}  # the last state of each task
 
     def state_of(self, name: str, step: int) -> NetworkState:
         """Eq. 3, 4, 6 on the task's X_val (exact, from cached features: design §6); X_val is
-        split across the processes and the state gathered on all of them."""
+        split across the processes and the state gathered on all of them. Computed once per
+        step: a validation on an episode boundary reuses the policy's state (same weights)."""
+        if (last := self.states.get(name)) is not None and last[0] == step:
+            return last[1]
         state = sharded_state(self.model, name, self.tasks[name].val_parts, self.perms[name],
                               self.env)
         self.permutation_errors.add(name, step, state)
+        self.states[name] = (step, state)
         return state
 
     def validate(self, step: int) -> dict[str, float]:

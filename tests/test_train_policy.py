@@ -311,3 +311,21 @@ def test_the_fixed_ceiling_draws_uniformly_over_the_hardest_share_of_psi():
         error=0.3, per_permutation_error=torch.tensor([0.9, 0.0, 0.0, 0.0, 0.8, 0.0])))
     assert record == {"sampler": "fixed", "share": 0.5, "error_before": 0.43, "error_after": 0.3}
     assert sampler.chosen.tolist() == [0, 1, 4]  # chosen anew: 0, 4, then the first tie (1)
+
+
+def test_a_validation_on_an_episode_boundary_reuses_the_policys_state(tmp_path, monkeypatch):
+    """val_every 3 with N + K = 2 + 1: validations at 3, 6, 9 fall on episode ends. The state
+    is computed once per step (5 policy states + the final validation's, not 9), and the
+    logged accuracy is that state's."""
+    import permrl.train as train_module
+
+    computed = []
+    sharded = train_module.sharded_state
+    monkeypatch.setattr(train_module, "sharded_state", lambda model, name, *rest: (
+        computed.append(name), sharded(model, name, *rest))[1])
+    train(tiny("train.steps=9", "train.val_every=3"), tmp_path / "run", progress=False)
+    assert len(computed) == 6  # states after 2, 3, 5, 6, 8, 9
+    logged = [r for r in records(tmp_path / "run") if "spatial_val_error" in r]
+    episodes = {r["step"]: r for r in records(tmp_path / "run") if "error_after" in r}
+    assert [r["step"] for r in logged] == [3, 6, 9]
+    assert all(r["spatial_val_error"] == episodes[r["step"]]["error_after"] for r in logged)
