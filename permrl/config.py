@@ -25,7 +25,7 @@ class ConfigError(UserError):
 
 @dataclass
 class DataConfig:
-    images: str = "demo"  # image source for the spatial task, "KIND:PATH" (see README)
+    images: str = "demo"  # image source for the spatial task, "KIND:PATH" (docs/data.md)
     videos: str = "demo-videos"  # video source for the temporal task
     workers: int = 1  # DataLoader worker processes per task (0 = load in the main process)
     decode_threads: int = 1  # FFmpeg threads per worker

@@ -48,7 +48,7 @@ DEMO_OVERRIDES = [  # the config of examples/table5.yaml: the demo is seed 0 of 
     # A shorter policy cycle than the cpu preset's N = 100, so the short demo sees 13 episodes.
     "reinforce.sgd_steps=40",
 ]
-TABLE5_COMMAND = "make table5"  # 11 variants x 3 seeds of this config (README, Results)
+TABLE5_COMMAND = "make table5"  # 13 variants x 3 seeds of this config (README, Results)
 WHAT_IT_SHOWS = (
     "permrl demo: what it shows: one run of S+T (uniform permutations) and one of S+T+P (the "
     "learned policy), the same seed, data and {steps} steps on small built-in data, compared "

@@ -263,7 +263,7 @@ def cpu_fallback_notice(name: str, device: torch.device) -> str | None:
         return None
     return (f"permrl: warning: an NVIDIA GPU is on this machine but torch {torch.__version__} "
             "cannot use it (a CPU-only build?): training on the CPU. Install a CUDA build of "
-            "torch (README, \"Training on a GPU\") or set train.device=cpu to silence this")
+            "torch (docs/scale.md, \"Training on a GPU\") or set train.device=cpu to silence this")
 
 
 def resolve_device(name: str, env: Distributed = ONE_PROCESS) -> torch.device:
