@@ -55,12 +55,18 @@ def test_policy_draws_only_from_the_chosen_groups():
     assert sampler.groups.assignment[:4].tolist() == [0] * 4  # the hard rows: group 0
 
 
-def test_batch_episode_actions_draw_one_group_per_mini_batch_in_episodes_only():
+def grouped_sampler(episode_actions: str) -> PolicySampler:
+    """A policy over 3 k-means groups of 10 permutations (random ratios), s_hat set."""
     rng = np.random.default_rng(0)
     sampler = PolicySampler(10, Reinforce(3, seed=0), num_groups=3, seed=0,
-                            episode_actions="batch")
+                            episode_actions=episode_actions)
     sampler.groups = group_permutations(rng.uniform(0.5, 2.0, (10, 6)), 3, seed=0)
     sampler.s_hat = policy_input(sampler.groups, 10)
+    return sampler
+
+
+def test_batch_episode_actions_draw_one_group_per_mini_batch_in_episodes_only():
+    sampler = grouped_sampler("batch")
     gen = torch.Generator().manual_seed(0)
     phase = torch.as_tensor(sampler.groups.assignment)[sampler.draw(200, gen)]
     assert len(set(phase.tolist())) == 3  # the SGD phase: per sample
@@ -73,11 +79,7 @@ def test_batch_episode_actions_draw_one_group_per_mini_batch_in_episodes_only():
 
 
 def test_episode_actions_draw_one_group_for_the_whole_episode():
-    rng = np.random.default_rng(0)
-    sampler = PolicySampler(10, Reinforce(3, seed=0), num_groups=3, seed=0,
-                            episode_actions="episode")
-    sampler.groups = group_permutations(rng.uniform(0.5, 2.0, (10, 6)), 3, seed=0)
-    sampler.s_hat = policy_input(sampler.groups, 10)
+    sampler = grouped_sampler("episode")
     assignment = torch.as_tensor(sampler.groups.assignment)
     gen = torch.Generator().manual_seed(0)
     assert len(set(assignment[sampler.draw(200, gen)].tolist())) == 3  # SGD phase: per sample

@@ -155,9 +155,8 @@ class PolicySampler:
         if self.groups is None or self.s_hat is None:
             return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
         one_per_batch = self.episode is not None and self.episode_actions != "sample"
-        chosen = [a for a in self.episode or [] if len(a)]
-        if self.episode_actions == "episode" and chosen:  # the episode's one group, kept
-            actions = chosen[0][:1]
+        if self.episode_actions == "episode" and (chosen := self.episode_group()) is not None:
+            actions = chosen  # the episode's one group, kept
         else:
             actions = torch.multinomial(self.probabilities(), 1 if one_per_batch else batch_size,
                                         replacement=True, generator=generator)
@@ -173,6 +172,10 @@ class PolicySampler:
             self.episode.append(actions[keep])
             self.episode_perms.append(perms[keep])
         return perms
+
+    def episode_group(self) -> torch.Tensor | None:
+        """(1,) the group the running episode drew first (None before any trained draw)."""
+        return next((a[:1] for a in self.episode or [] if len(a)), None)
 
     # Validation, episodes, updates --------------------------------------------------------
     def observe(self, iteration: int, state: NetworkState) -> None:

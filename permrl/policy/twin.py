@@ -28,6 +28,8 @@ class PairedTwin:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model = copy.deepcopy(model)
+        for p in self.model.parameters():  # (the network's last gradients are not the twin's)
+            p.grad = None
         twin_of = {id(p): q for p, q in zip(model.parameters(), self.model.parameters(),
                                             strict=True)}
         groups = [{k: v for k, v in g.items() if k != "params"}
