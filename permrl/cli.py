@@ -78,7 +78,7 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         result = knn_from_checkpoint(
             args.checkpoint, args.train, args.test, layer=args.layer, bn_stats=args.bn_stats,
-            random_init=args.random_init, preset=args.preset,
+            random_init=args.random_init, preset=args.preset, precision=args.precision,
         )
     for w in caught:
         print(f"permrl: warning: {w.message}", file=sys.stderr)
@@ -194,7 +194,7 @@ def cmd_eval_probe(args: argparse.Namespace) -> int:
     write_json(probe_from_checkpoint(
         args.checkpoint, args.train, args.test, layer=args.layer, head=args.head,
         random_init=args.random_init, preset=args.preset, cache_dir=args.cache,
-        bn_stats=args.bn_stats, epochs=args.epochs), args.out)
+        bn_stats=args.bn_stats, epochs=args.epochs, precision=args.precision), args.out)
     return 0
 
 
@@ -341,6 +341,12 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
                    help="training steps (default: 600, as examples/table5.yaml)")
     d.set_defaults(func=cmd_demo)
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["float32", "bf16"], default=None,
+                        help="features in float32 (exact; default: the checkpoint's "
+                             "eval.precision, float32) or under bf16 autocast (faster on a GPU)")
+
+
 def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     """eval knn | probe | finetune, report, export."""
     ev = sub.add_parser("eval", help="evaluate learned features")
@@ -359,6 +365,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--preset", choices=list(PRESETS), default="cpu",
                    help="architecture for --random-init without a checkpoint")
     k.add_argument("--out", help="write the JSON result here")
+    add_precision_argument(k)
     k.set_defaults(func=cmd_eval_knn)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run/ablation/demo")
@@ -379,6 +386,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--random-init", action="store_true")
     pr.add_argument("--preset", choices=list(PRESETS), default="cpu")
     pr.add_argument("--out", help="write the JSON result here")
+    add_precision_argument(pr)
     pr.set_defaults(func=cmd_eval_probe)
 
     ft = evsub.add_parser("finetune", help="fine-tune conv1..conv5 with new fc layers "

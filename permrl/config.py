@@ -112,6 +112,8 @@ class EvalConfig:
     knn_every: int = 0  # retrieval during training every N steps (0 = never; Fig. 5)
     knn_train: str = "demo-photos?subset=gallery"  # gallery source for knn_every
     knn_test: str = "demo-photos?subset=query"  # query source for knn_every
+    precision: str = "float32"  # retrieval and probe features: float32 (exact) | bf16 (the
+    # trunk under bf16 autocast with NHWC tensors: faster on a GPU, similarities in float32)
 
 
 @dataclass
@@ -207,6 +209,7 @@ CHOICES = {
     "train.schedule": ("constant", "cosine", "step"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.nan_policy": ("stop", "lower_lr"),
+    "eval.precision": ("float32", "bf16"),
     "eval.layer": ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"),
 }
 

@@ -99,7 +99,7 @@ def retrieval_during_training(
         result = evaluate_knn(
             trunk, open_source(cfg.eval.knn_train), open_source(cfg.eval.knn_test),
             layer=cfg.eval.layer, input_size=cfg.eval.input_size,
-            conv1_stride=cfg.eval.conv1_stride, device=device,
+            conv1_stride=cfg.eval.conv1_stride, device=device, precision=cfg.eval.precision,
         )
     model.train(was_training)
     return {f"knn_{k}": v for k, v in result.items() if k.startswith("top")}

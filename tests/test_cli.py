@@ -81,8 +81,11 @@ def test_train_then_eval_knn(tmp_path, capsys):
     assert "top20" not in result and 20 in result["skipped_k"]  # k > gallery: left out
     top1 = f"Top1 {100 * result['top1']:.1f}%"
     assert top1 in capsys.readouterr().err  # a short table for the reader, JSON for scripts
+    assert result["precision"] == "float32"
     assert main(argv + ["--random-init"]) == 0
     assert json.loads(out.read_text())["network"].startswith("random-init")
+    assert main(argv + ["--precision", "bf16"]) == 0
+    assert json.loads(out.read_text())["precision"] == "bf16"
     # Gallery = queries: said, since Top-1 is then 1.0 by construction.
     capsys.readouterr()
     same = ["eval", "knn", "--random-init", "--train", f"folder:{gallery}", "--test",

@@ -72,3 +72,27 @@ def test_tiles_and_frames_built_on_cuda_equal_the_cpu_ones():
         batch = data.batches[3]
         cpu, gpu = data.batches.parts(batch, "cpu"), data.batches.parts(batch, "cuda")
         torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_finetune_crops_on_cuda_equal_the_cpu_crops():
+    from permrl.evaluate.finetune import augment
+
+    images = torch.randint(0, 256, (32, 3, 40, 44), dtype=torch.uint8)
+    cpu = augment(images, 32, torch.Generator().manual_seed(1))
+    gpu = augment(images.cuda(), 32, torch.Generator().manual_seed(1))
+    assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_bf16_retrieval_on_cuda_is_close_to_float32():
+    from permrl.data.sources import open_source
+    from permrl.evaluate.knn import knn_features
+
+    torch.manual_seed(0)
+    trunk = build_model(load_config(overrides=TINY)).trunk
+    gallery = open_source("demo-photos?subset=gallery&crops=6")
+    queries = open_source("demo-photos?subset=query&crops=6")
+    args = dict(layer="pool5", input_size=64, conv1_stride=2, device="cuda")
+    (g32, _, _), (q32, _, _), _ = knn_features(trunk, gallery, queries, **args)
+    (g16, _, _), (q16, _, _), _ = knn_features(trunk, gallery, queries, precision="bf16", **args)
+    for exact, fast in ((g32, g16), (q32, q16)):
+        assert ((exact - fast).norm(dim=1) / exact.norm(dim=1)).max() < 2**-5

@@ -98,19 +98,22 @@ def masked_bce(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def augment(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
-    """Random size x size crops (one offset per image) and random horizontal flips of uint8
-    (B, 3, S, S) images; the draws come from `generator`."""
-    b, _, h, w = images.shape
+    """Random size x size crops (one offset per image) and random horizontal flips of
+    (B, C, H, W) images, on the images' device in one gather; the draws come from the CPU
+    `generator`, so a GPU batch is cropped exactly as the CPU one."""
+    b, c, h, w = images.shape
     if h < size or w < size:
         raise ValueError(f"images of {h}x{w} px cannot be cropped to {size}")
     tops = torch.randint(0, h - size + 1, (b,), generator=generator)
     lefts = torch.randint(0, w - size + 1, (b,), generator=generator)
     flips = torch.rand(b, generator=generator) < 0.5
-    out = torch.empty((b, images.shape[1], size, size), dtype=images.dtype)
-    for i in range(b):
-        crop = images[i, :, tops[i] : tops[i] + size, lefts[i] : lefts[i] + size]
-        out[i] = crop.flip(-1) if flips[i] else crop
-    return out
+    step = torch.arange(size)
+    rows = tops[:, None] + step  # (B, size)
+    cols = lefts[:, None] + torch.where(flips[:, None], size - 1 - step, step)
+    on = images.device
+    return images[torch.arange(b, device=on)[:, None, None, None],
+                  torch.arange(c, device=on)[None, :, None, None],
+                  rows.to(on)[:, None, :, None], cols.to(on)[:, None, None, :]]
 
 
 def centre_crop(images: Tensor, size: int) -> Tensor:
@@ -222,7 +225,8 @@ def train_finetune(
         skipped += len(batch["skipped"])
         if batch["images"].shape[0] < 2:  # BN needs two items; an all-unreadable batch
             continue
-        x = normalise_images(augment(batch["images"], input_size, crops)).to(device)
+        x = normalise_images(augment(batch["images"].to(device, non_blocking=True), input_size,
+                                     crops))
         logits = net(x)
         if multilabel:
             loss = masked_bce(logits, train_targets[batch["index"]].to(device))
@@ -350,9 +354,10 @@ def finetune(
     test_set = image_dataset(test_images, resize, crop="center")
     shuffle = torch.Generator().manual_seed(seed)
     crops = torch.Generator().manual_seed(seed + 1)
+    pin = device.type == "cuda"  # uint8 batches copied to the device, cropped and normalised there
     loader = DataLoader(Subset(train_set, usable.tolist()), batch_size=batch_size, shuffle=True,
                         generator=shuffle, num_workers=workers, collate_fn=collate,
-                        drop_last=len(usable) >= batch_size)
+                        drop_last=len(usable) >= batch_size, pin_memory=pin)
 
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
@@ -369,21 +374,21 @@ def finetune(
         # BN statistics of the fine-tuned network on centre crops of training images.
         bn_loader = DataLoader(Subset(train_set, usable.tolist()), batch_size=batch_size,
                                shuffle=True, generator=torch.Generator().manual_seed(seed + 2),
-                               num_workers=workers, collate_fn=collate)
+                               num_workers=workers, collate_fn=collate, pin_memory=pin)
 
         def bn_images() -> Iterator[Tensor]:
             for k, b in enumerate(bn_loader):
                 if k >= bn_batches:
                     return
                 if b["images"].shape[0] > 1:
-                    yield normalise_images(centre_crop(b["images"], input_size))
+                    yield normalise_images(centre_crop(b["images"].to(device), input_size))
 
         if bn_batches > 0:
             net.trunk = reestimate_bn(net.trunk, bn_images(), "pool5", conv1_stride)
         net.eval()
 
         test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False,
-                                 num_workers=workers, collate_fn=collate)
+                                 num_workers=workers, collate_fn=collate, pin_memory=pin)
         outputs, labels, indices = [], [], []
         test_skipped = 0
         with torch.no_grad():
@@ -391,7 +396,8 @@ def finetune(
                 test_skipped += len(b["skipped"])
                 if b["images"].shape[0] == 0:
                     continue
-                x = normalise_images(centre_crop(b["images"], input_size)).to(device)
+                x = normalise_images(centre_crop(b["images"].to(device, non_blocking=True),
+                                                 input_size))
                 logits = net(x).float()
                 outputs.append((logits.sigmoid() if multilabel else logits.softmax(1)).cpu())
                 labels.append(b["label"])

@@ -26,6 +26,15 @@ from permrl.data.samples import normalise_tiles
 from permrl.models.trunk import BLOCKS
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+PRECISIONS: tuple[str, ...] = ("float32", "bf16")
+"""float32: exact features (the default, the numbers papers compare); bf16: the trunk under
+bf16 autocast with NHWC inputs and weights (fast on a GPU; similarities stay float32)."""
+
+
+def check_precision(precision: str) -> None:
+    """ValueError unless `precision` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
 def _unit_rows(x: Tensor) -> Tensor:
@@ -165,28 +174,35 @@ def extract_features(
     conv1_stride: int | None,
     device: str | torch.device,
     normalise_input: bool = True,
+    precision: str = "float32",
 ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
     """Flattened block-`upto` features of every image the loader yields, in eval mode.
 
     The loader yields collated dicts ("images", "index", "label", "skipped"). Returns
     (features (N, D) float32 cpu, labels (N,), indices (N,), skipped descriptions), rows
-    ordered by dataset index. `normalise_input` applies `normalise_images` to uint8 images.
+    ordered by dataset index. `normalise_input` applies `normalise_images` to uint8 images,
+    on `device`. precision="bf16" runs the trunk under bf16 autocast with NHWC inputs (weights
+    are made NHWC by `source_features`).
     """
+    check_precision(precision)
     device = torch.device(device)
     params = list(trunk.parameters())
     model = trunk if not params or params[0].device == device else copy.deepcopy(trunk).to(device)
     was_training = model.training
     model.eval()
+    fast = precision == "bf16"
+    memory_format = torch.channels_last if fast else torch.contiguous_format
     feats, labels, indices, skipped = [], [], [], []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=fast):
             for batch in loader:
                 skipped.extend(batch.get("skipped", []))
-                x = batch["images"]
+                x = batch["images"].to(device, non_blocking=True)
                 if x.shape[0] == 0:
                     continue
                 x = normalise_images(x) if normalise_input else x.float()
-                y = model(x.to(device), upto=upto, conv1_stride=conv1_stride)
+                x = x.contiguous(memory_format=memory_format)
+                y = model(x, upto=upto, conv1_stride=conv1_stride)
                 feats.append(y.flatten(1).float().cpu())
                 labels.append(torch.as_tensor(batch["label"]).long().reshape(-1))
                 indices.append(torch.as_tensor(batch["index"]).long().reshape(-1))
@@ -233,27 +249,31 @@ def source_features(
     batch_size: int,
     workers: int,
     device: str | torch.device,
+    precision: str = "float32",
 ) -> list[tuple[Tensor, Tensor, Tensor, list[str]]]:
     """`extract_features` of each source's centre crops (`input_size` px), in order.
 
     One copy of `trunk` on `device` serves every source; its BN statistics are first
-    re-estimated on `bn_source`'s centre crops (`reestimate_bn`), or kept as stored when
-    `bn_source` is None. `trunk` itself is left untouched.
+    re-estimated on `bn_source`'s centre crops (`reestimate_bn`, in float32 always), or kept as
+    stored when `bn_source` is None. `trunk` itself is left untouched.
     """
+    check_precision(precision)
     image_dataset, collate = _image_dataset_api()
+    device = torch.device(device)
 
     def loader(source: Any) -> DataLoader:
         dataset = image_dataset(source, input_size, crop="center")
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
-        )
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                          collate_fn=collate, pin_memory=device.type == "cuda")
 
-    device = torch.device(device)
     model = copy.deepcopy(trunk).to(device)
     if bn_source is not None:
-        batches = (normalise_images(b["images"]) for b in loader(bn_source))
+        batches = (normalise_images(b["images"].to(device)) for b in loader(bn_source))
         model = reestimate_bn(model, batches, layer, conv1_stride)
-    return [extract_features(model, loader(s), layer, conv1_stride, device) for s in sources]
+    if precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    return [extract_features(model, loader(s), layer, conv1_stride, device, precision=precision)
+            for s in sources]
 
 
 def knn_features(
@@ -268,6 +288,7 @@ def knn_features(
     batch_size: int = 128,
     workers: int = 0,
     device: str | torch.device = "cpu",
+    precision: str = "float32",
 ) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor], int]:
     """Gallery and query (features, labels, indices) of two labelled sources, and the skips.
 
@@ -281,7 +302,7 @@ def knn_features(
         trunk, [train_source, test_source],
         bn_source=train_source if bn_stats == "gallery" else None, layer=layer,
         input_size=input_size, conv1_stride=conv1_stride, batch_size=batch_size, workers=workers,
-        device=device,
+        device=device, precision=precision,
     )
     return (g_feat, g_lab, g_idx), (q_feat, q_lab, q_idx), len(g_skip) + len(q_skip)
 
@@ -327,19 +348,22 @@ def evaluate_knn(
     workers: int = 0,
     device: str | torch.device = "cpu",
     ks: Sequence[int] = DEFAULT_KS,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """kNN retrieval, test items as queries against training items (center crops).
 
     With bn_stats="gallery" (default) BN statistics are re-estimated on the gallery images
     first; "stored" keeps the trunk's own. The result holds the top-k recalls and the protocol.
+    precision="bf16" computes the features under bf16 autocast (`PRECISIONS`).
     """
     (g_feat, g_lab, _), (q_feat, q_lab, _), skipped = knn_features(
         trunk, train_source, test_source, layer=layer, input_size=input_size,
         conv1_stride=conv1_stride, bn_stats=bn_stats, batch_size=batch_size, workers=workers,
-        device=device,
+        device=device, precision=precision,
     )
     device = torch.device(device)  # the similarities where the features were computed
     result = retrieval_topk(q_feat.to(device), q_lab, g_feat.to(device), g_lab, ks=ks)
     result.update(protocol_fields(train_source, test_source, layer, bn_stats, input_size,
                                   conv1_stride, int(g_feat.shape[1]), skipped))
+    result["precision"] = precision
     return result

@@ -66,10 +66,12 @@ def trunk_fingerprint(trunk: nn.Module) -> str:
 
 def cache_fields(
     *, key: str, source: Any, layer: str, input_size: int, conv1_stride: int | None,
-    bn_stats: str, bn_source: Any, trunk: nn.Module,
+    bn_stats: str, bn_source: Any, trunk: nn.Module, precision: str = "float32",
 ) -> dict[str, Any]:
-    """What identifies a feature file (hashed into its name and stored in it)."""
-    return dict(
+    """What identifies a feature file (hashed into its name and stored in it). The precision
+    is a field only when it is not float32, so float32 caches written before it keep their
+    names."""
+    fields = dict(
         version=CACHE_VERSION,
         key=str(key),
         weights=trunk_fingerprint(trunk),
@@ -82,6 +84,7 @@ def cache_fields(
         bn_source=None if bn_source is None else str(bn_source.name),
         bn_items=None if bn_source is None else len(bn_source),
     )
+    return fields if precision == "float32" else fields | {"precision": precision}
 
 
 def cache_path(cache_dir: str | os.PathLike[str], fields: dict[str, Any]) -> Path:
@@ -128,6 +131,7 @@ def cached_features(
     batch_size: int = 128,
     workers: int = 0,
     device: str | torch.device = "cpu",
+    precision: str = "float32",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(features (N, D) float32, labels (N,), dataset indices (N,)) of `source`'s readable
     images (centre crops), computed once and then read from `cache_dir`.
@@ -144,14 +148,15 @@ def cached_features(
         bn_source = None
     fields = cache_fields(key=key, source=source, layer=layer, input_size=input_size,
                           conv1_stride=conv1_stride, bn_stats=bn_stats, bn_source=bn_source,
-                          trunk=trunk)
+                          trunk=trunk, precision=precision)
     path = cache_path(cache_dir, fields)
     hit = _load_cache(path, fields)
     if hit is not None:
         return hit
     [(feats, labels, indices, _)] = source_features(
         trunk, [source], bn_source=bn_source, layer=layer, input_size=input_size,
-        conv1_stride=conv1_stride, batch_size=batch_size, workers=workers, device=device)
+        conv1_stride=conv1_stride, batch_size=batch_size, workers=workers, device=device,
+        precision=precision)
     feats = feats.float().contiguous()
     _save_cache(path, fields, feats, labels, indices)
     return feats, labels, indices
@@ -301,6 +306,7 @@ def evaluate_probe(
     workers: int = 0,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    precision: str = "float32",
     **probe_options: Any,
 ) -> dict[str, Any]:
     """Table 2: a `head` probe on frozen `layer` features of the two labelled sources.
@@ -314,7 +320,7 @@ def evaluate_probe(
     common = dict(layer=layer, input_size=input_size, conv1_stride=conv1_stride,
                   cache_dir=cache_dir, key=key, bn_stats=bn_stats,
                   bn_source=train_source if bn_stats == "gallery" else None,
-                  batch_size=batch_size, workers=workers, device=device)
+                  batch_size=batch_size, workers=workers, device=device, precision=precision)
     tr_x, tr_y, _ = cached_features(trunk, train_source, **common)
     te_x, te_y, _ = cached_features(trunk, test_source, **common)
     options = dict(probe_options)
@@ -332,6 +338,7 @@ def evaluate_probe(
         layer=layer,
         head=head,
         bn_stats=bn_stats,
+        precision=precision,
         train_source=str(train_source.name),
         test_source=str(test_source.name),
         input_size=input_size,

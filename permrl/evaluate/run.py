@@ -65,7 +65,7 @@ def is_video_source(spec: str) -> bool:
 
 def knn(
     trunk: CaffeNetBN, cfg: Config, train: str, test: str, *, layer: str | None = None,
-    bn_stats: str = "gallery", device: torch.device | str = "cpu",
+    bn_stats: str = "gallery", device: torch.device | str = "cpu", precision: str | None = None,
 ) -> dict[str, Any]:
     """Image or video retrieval, by the kind of the two sources (both must be alike)."""
     if is_video_source(train) != is_video_source(test):
@@ -73,7 +73,7 @@ def knn(
                        "both video sources")
     common = {"layer": layer or cfg.eval.layer, "input_size": cfg.eval.input_size,
               "conv1_stride": cfg.eval.conv1_stride, "bn_stats": bn_stats, "device": device,
-              "workers": cfg.data.workers}
+              "workers": cfg.data.workers, "precision": precision or cfg.eval.precision}
     with user_errors():
         if is_video_source(train):
             return evaluate_video_knn(trunk, open_video_source(train), open_video_source(test),
@@ -84,7 +84,7 @@ def knn(
 def knn_from_checkpoint(
     checkpoint: str | Path | None, train: str | None, test: str | None, *,
     layer: str | None = None, bn_stats: str = "gallery", random_init: bool = False,
-    preset: str = "cpu",
+    preset: str = "cpu", precision: str | None = None,
 ) -> dict[str, Any]:
     """`permrl eval knn`: retrieval Top-k of a checkpoint's (or a random) trunk. A gallery or
     query source not given is the config's `eval.knn_train` / `eval.knn_test`."""
@@ -96,7 +96,7 @@ def knn_from_checkpoint(
                       "?subset=gallery and ?subset=query", stacklevel=2)
     device = resolve_device("auto")  # where it runs now, not where it trained
     result = knn(trunk.to(device), cfg, train, test, layer=layer, bn_stats=bn_stats,
-                 device=device)
+                 device=device, precision=precision)
     result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
     return result
 
@@ -110,6 +110,7 @@ def probe_from_checkpoint(
     checkpoint: str | Path | None, train: str, test: str, *, layer: str = "pool5",
     head: str = "linear", random_init: bool = False, preset: str = "cpu",
     cache_dir: str | Path | None = None, bn_stats: str = "gallery", epochs: int = 30,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """`permrl eval probe` (Table 2): a linear or MLP classifier on frozen features."""
     trunk, cfg, origin = load_trunk(checkpoint, random_init, preset)
@@ -126,6 +127,7 @@ def probe_from_checkpoint(
             input_size=cfg.eval.input_size, conv1_stride=cfg.eval.conv1_stride,
             cache_dir=cache, key=checkpoint_key(checkpoint, random_init), bn_stats=bn_stats,
             workers=cfg.data.workers, device=device, epochs=epochs,
+            precision=precision or cfg.eval.precision,
         )
     result["network"] = origin if checkpoint is None else f"{origin} {checkpoint}"
     return result

@@ -76,6 +76,7 @@ def evaluate_video_knn(
     workers: int = 0,
     device: str | torch.device = "cpu",
     ks: tuple[int, ...] = DEFAULT_KS,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Frame-level and video-level Top-k; the top-level `top*` keys are frame level (paper)."""
     gallery, queries = VideoFrames(train_videos, frames_per_video), VideoFrames(
@@ -83,6 +84,7 @@ def evaluate_video_knn(
     (g_feat, g_lab, g_idx), (q_feat, q_lab, q_idx), skipped = knn_features(
         trunk, gallery, queries, layer=layer, input_size=input_size, conv1_stride=conv1_stride,
         bn_stats=bn_stats, batch_size=batch_size, workers=workers, device=device,
+        precision=precision,
     )
     on = torch.device(device)  # the similarities where the features were computed
     frame_level = retrieval_topk(q_feat.to(on), q_lab, g_feat.to(on), g_lab, ks=ks)
@@ -93,6 +95,7 @@ def evaluate_video_knn(
     result |= protocol_fields(gallery, queries, layer, bn_stats, input_size, conv1_stride,
                               int(g_feat.shape[1]), skipped)
     result |= {
+        "precision": precision,
         "level": "frame",
         "frames_per_video": frames_per_video,
         "frame_level": frame_level,

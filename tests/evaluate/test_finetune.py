@@ -119,6 +119,21 @@ def test_augment_takes_crops_and_flips_from_the_generator() -> None:
         assert any(torch.equal(out[b], c) or torch.equal(out[b], c.flip(-1)) for c in crops)
 
 
+def test_augment_equals_the_per_image_crops_of_its_draws() -> None:
+    """The one-gather crop is the naive per-image slice (and flip) of the same three draws."""
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (16, 3, 9, 11), generator=gen, dtype=torch.uint8)
+    out = augment(images, 5, torch.Generator().manual_seed(7))
+    draws = torch.Generator().manual_seed(7)
+    tops = torch.randint(0, 5, (16,), generator=draws)
+    lefts = torch.randint(0, 7, (16,), generator=draws)
+    flips = torch.rand(16, generator=draws) < 0.5
+    assert 0 < int(flips.sum()) < 16
+    for i in range(16):
+        crop = images[i, :, tops[i] : tops[i] + 5, lefts[i] : lefts[i] + 5]
+        assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop), i
+
+
 def multilabel_source(name: str, n: int, seed: int) -> ImageSource:
     rng = np.random.default_rng(seed)
     horizontal = np.arange(n) % 2 == 0

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from permrl.evaluate.knn import (
     evaluate_knn,
     extract_features,
+    first_hit_rank,
+    knn_features,
     normalise_images,
     reestimate_bn,
     retrieval_topk,
@@ -323,3 +325,42 @@ def test_evaluate_knn_folder_source(tmp_path) -> None:
     assert (out["queries"], out["gallery"], out["skipped"]) == (3, 9, 1)
     assert out["train_source"] == train.name and out["conv1_stride"] is None
     assert out["top1"] <= out["top5"] == 1.0
+
+
+def test_bf16_features_are_float32_ones_to_bf16_rounding_and_keep_clear_ranks() -> None:
+    """precision="bf16" really runs the trunk under bf16 autocast on NHWC inputs (the features
+    differ from float32, a hook sees channels_last), its features are float32's to a few bf16
+    steps, and every query whose float32 first hit is clear of every other gallery item by
+    more than that rounding can move a cosine keeps its rank; recall@k may move by the near
+    ties (measured on demo-photos with trained checkpoints: ranks of 6-14 % of queries change,
+    Top-1 and Top-5 equal)."""
+    from permrl.data.sources import open_source
+
+    gallery = open_source("demo-photos?subset=gallery&crops=6")
+    queries = open_source("demo-photos?subset=query&crops=6")
+    trunk = small_trunk()
+    formats: list[bool] = []
+    trunk.conv1.register_forward_pre_hook(
+        lambda _, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                       and not args[0].is_contiguous()))
+    args = dict(layer="pool5", input_size=64, conv1_stride=2, batch_size=16, bn_stats="stored")
+    (g32, gl, _), (q32, ql, _), _ = knn_features(trunk, gallery, queries, **args)
+    assert not any(formats)
+    formats.clear()
+    (g16, _, _), (q16, _, _), _ = knn_features(trunk, gallery, queries, precision="bf16", **args)
+    assert formats and all(formats)
+    err = max(((a - b).norm(dim=1) / a.norm(dim=1)).max().item()
+              for a, b in ((g32, g16), (q32, q16)))
+    assert 0 < err < 2**-5  # bf16 keeps 8 bits: a few of its steps over eight layers
+    unit_q, unit_g = F.normalize(q32, dim=1), F.normalize(g32, dim=1)
+    sims = unit_q @ unit_g.T
+    exact, fast = first_hit_rank(q32, ql, g32, gl), first_hit_rank(q16, ql, g16, gl)
+    same = ql[:, None] == gl[None, :]
+    best = torch.where(same, sims, -2.0).amax(1, keepdim=True)
+    others = torch.where(same & (sims == best), 2.0, (sims - best).abs())
+    moved = (F.normalize(q16, dim=1) @ F.normalize(g16, dim=1).T - sims).abs().max()
+    clear = others.amin(1) > 2 * moved  # no other item can cross the first hit
+    assert clear.any()
+    assert torch.equal(fast[clear], exact[clear])
+    with pytest.raises(ValueError, match="precision"):
+        knn_features(trunk, gallery, queries, precision="fp16", **args)
