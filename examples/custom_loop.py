@@ -26,11 +26,13 @@ def main(steps: int = 300) -> list[dict]:
     net = permrl.OrderingNet(trunk, {"spatial": head})
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     val_tiles = permrl.make_tiles(images(16, gen), geometry, train=False)  # X_val, held out
-    policy = permrl.PolicySampler(len(psi), permrl.Reinforce(4, seed=0), num_groups=4, seed=0)
+    policy = permrl.GroupSampler(len(psi), permrl.Reinforce(4, seed=0), num_groups=4, seed=0)
     cycle, episodes = permrl.Cycle(sgd_steps=20, episode_batches=5), []
     for step in range(steps):
         tiles = permrl.make_tiles(images(32, gen), geometry, generator=gen)
         perm_index = policy.draw(len(tiles), gen)  # uniform until the first state
+        if policy.in_episode:
+            policy.record(perm_index)  # the episode's actions, credited in Eq. 9
         loss = F.cross_entropy(net.logits("spatial", permrl.shuffle_tiles(tiles, psi, perm_index)),
                                perm_index)  # Eq. 1 puzzles, their permutation as the class
         optimizer.zero_grad()
@@ -38,13 +40,16 @@ def main(steps: int = 300) -> list[dict]:
         optimizer.step()
         if phase := cycle.phase(step + 1):  # after N SGD steps / after the K of an episode
             state = permrl.compute_state(net, "spatial", val_tiles, psi)  # s_t: Eq. 3-6
-            if phase == "episode_start":  # regroup Psi by k-means, s_hat (Eq. 10)
-                policy.observe(step + 1, state)
+            if phase == "episode_end":
+                r = policy.reward(step + 1, state)  # Eq. 7: E_BL - E_{t+1} (None at first)
+                episodes.append(policy.episode_record(step + 1, state) | {"reward": r})
+                if r is not None:
+                    policy.update(r)  # Eq. 9: a REINFORCE step on pi
+                policy.end_episode()
+                print(f"step {step + 1}: held-out error {state.error:.3f}, reward {r}")
+            policy.regroup(step + 1, state)  # k-means groups of Psi and s_hat: Eq. 10
+            if phase == "episode_start":
                 policy.begin_episode()
-            else:  # reward (Eq. 7), REINFORCE (Eq. 9), regroup on s_{t+1}
-                episodes.append(policy.end_episode(step + 1, state))
-                print(f"step {step + 1}: held-out error {state.error:.3f}, "
-                      f"reward {episodes[-1].get('reward', float('nan')):+.4f}")
     return episodes
 
 

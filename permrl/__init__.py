@@ -27,13 +27,13 @@ from permrl.policy.bandits import Exp3S, Hardness  # noqa: E402
 from permrl.policy.cycle import Cycle  # noqa: E402
 from permrl.policy.groups import group_permutations, policy_input  # noqa: E402
 from permrl.policy.reinforce import Reinforce, extrapolated_error, reward  # noqa: E402
-from permrl.policy.samplers import PolicySampler, UniformSampler  # noqa: E402
+from permrl.policy.samplers import GroupSampler, UniformSampler  # noqa: E402
 from permrl.policy.state import NetworkState, compute_state, softmax_ratio  # noqa: E402
 from permrl.policy.twin import PairedTwin  # noqa: E402
 
 __all__ = [
     "CaffeNetBN", "Cycle", "Exp3S", "Hardness", "NetworkState", "OrderingNet", "PairedTwin",
-    "PolicySampler", "PuzzleGeometry", "Reinforce", "SpatialHead", "TemporalHead",
+    "GroupSampler", "PuzzleGeometry", "Reinforce", "SpatialHead", "TemporalHead",
     "UniformSampler", "UserError", "compute_state", "extrapolated_error", "group_permutations",
     "load_permutations", "make_clip_frames", "make_tiles", "policy_input", "reward",
     "select_permutations", "shuffle_tiles", "softmax_ratio",

@@ -37,9 +37,9 @@ from permrl.policy.bandits import Exp3S, Hardness
 from permrl.policy.reinforce import Reinforce
 from permrl.policy.samplers import (
     GroupLearner,
+    GroupSampler,
     HardestShareSampler,
     PermutationSampler,
-    PolicySampler,
     UniformSampler,
 )
 from permrl.run_dir import RunError, ignore_interrupts
@@ -141,8 +141,8 @@ def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSa
         learner = Exp3S(r.groups, lr=b.exp3_lr, exploration=b.exploration, switch=b.exp3_switch)
     else:  # learns nothing from rewards: its episodes draw per sample
         learner = Hardness(r.groups, exploration=b.exploration)
-        return PolicySampler(num_permutations, learner, r.groups, seed)  # (no reward used)
-    return PolicySampler(num_permutations, learner, r.groups, seed, r.episode_actions,
+        return GroupSampler(num_permutations, learner, r.groups, seed)  # (no reward used)
+    return GroupSampler(num_permutations, learner, r.groups, seed, r.episode_actions,
                          r.reward_metric, r.reward_baseline)
 
 

@@ -503,8 +503,11 @@ def drawn_parts(
     cfg, env, task = run.cfg, run.env, run.tasks[name]
     batch_size = cfg.train.batch_size
     gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3 + TASKS.index(name)))
-    drawn = (task.sampler.draw(batch_size, gen, readable) if env.is_main
-             else torch.zeros(batch_size, dtype=torch.long))
+    drawn = torch.zeros(batch_size, dtype=torch.long)
+    if env.is_main:
+        drawn = task.sampler.draw(batch_size, gen)
+        if task.sampler.in_episode:  # the episode's actions (an unreadable sample earns none)
+            task.sampler.record(drawn[readable])
     perm_index = env.broadcast(drawn)[batch["rows"]]
     # Tiles (frames) built on the training device from the workers' uint8 crops.
     mine = task.batches.parts(batch, run.device)
@@ -554,32 +557,33 @@ def ordering_loss(
 def policy_step(run: Run, phase: str, step: int, done: int) -> dict[str, dict[str, Any]]:
     """One turn of the cycle of Sect. 3.2 for each task that trains, after `done` steps.
 
-    "episode_start" (after N SGD steps with pi fixed): the state s_t (Eq. 3, 4, 6 on X_val)
-    regroups Psi by k-means and fixes s_hat (Eq. 10); the next K mini-batches are the episode,
-    whose actions the sampler records as it draws. "episode_end": the state s_{t+1} gives
-    E_{t+1}, the reward against the extrapolated error (Eq. 7), the update of pi (Eq. 9,
-    REINFORCE; or the adaptive baseline's), then regrouping on s_{t+1}. The state is computed
-    by all processes; the policy lives on rank 0. With `reinforce.reward_baseline: twin` the
-    network is forked at the episode's start and the reward compares with the twin's state.
-    Returns the finished episodes' records.
+    "episode_start" comes after N SGD steps with pi fixed, "episode_end" after the K
+    mini-batches of the episode (whose permutations `drawn_parts` records). The state is
+    computed by all processes; the policy lives on rank 0. With `reinforce.reward_baseline:
+    twin` the network is forked at the episode's start and the reward compares with the twin's
+    state. Returns the finished episodes' records.
     """
     env, finished = run.env, {}
     for name in active_tasks(run.cfg, step):
         sampler = run.tasks[name].sampler
-        if not env.on_main(lambda s=sampler: phase == "episode_start" or s.episode is not None):
+        if not env.on_main(lambda s=sampler: phase == "episode_start" or s.in_episode):
             continue  # (in S&T a task may join in mid-cycle: no episode to end)
-        state = run.state_of(name, done)
+        state = run.state_of(name, done)  # s_t: softmax ratios, Eq. 3, 4, 6 on X_val
         if not env.is_main:
             continue
-        if phase == "episode_start":
-            sampler.observe(done, state)
-            sampler.begin_episode()
-        else:
+        if phase == "episode_end":
             twin = None if run.twin is None else sharded_state(
                 run.twin.model, name, run.tasks[name].val_parts, run.perms[name], env)
-            episode = sampler.end_episode(done, state, twin)  # reward (Eq. 7), update (Eq. 9)
+            r = sampler.reward(done, state, twin)  # Eq. 7: E_BL - E_{t+1} (or the twin's)
+            episode = sampler.episode_record(done, state, twin)
+            if r is not None:
+                episode |= {"reward": r} | sampler.update(r)  # Eq. 9: REINFORCE on pi
+            sampler.end_episode()
             run.log.write({"step": done, "task": name, "episode": sampler.updates} | episode)
             finished[name] = episode
+        sampler.regroup(done, state)  # k-means groups of Psi and s_hat: Eq. 10
+        if phase == "episode_start":
+            sampler.begin_episode()  # the next K mini-batches
     run.twin = None
     if phase == "episode_start" and uses_twin(run.cfg):  # fork at the episode's start
         run.twin = PairedTwin(run.model, run.optimizer)

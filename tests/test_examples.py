@@ -16,7 +16,7 @@ def test_the_custom_loop_example_trains_and_its_policy_gets_rewards():
     spec.loader.exec_module(module)
     episodes = module.main(steps=50)  # cycles of 20 + 5: episodes end at 25 and 50
     assert [e["sampler"] for e in episodes] == ["reinforce", "reinforce"]
-    assert "reward" not in episodes[0]  # Eq. 7 needs two errors first
+    assert episodes[0]["reward"] is None  # Eq. 7 needs two errors first
     assert episodes[1]["reward"] == episodes[1]["extrapolated_error"] - episodes[1]["error_after"]
     assert sum(episodes[1]["chosen_groups"]) == 5 * 32  # K batches of 32 actions
 

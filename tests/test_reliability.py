@@ -70,7 +70,7 @@ KILL_AT = textwrap.dedent("""
     elif where == "checkpoint":  # checkpoint-<at>.pt written, checkpoint.pt still the previous
         kill_before(permrl.checkpoint, "_link_atomic", lambda new, link: f"{at:08d}" in new.name)
     elif where == "reward":  # the episode ending at step `at`: its state computed, pi not updated
-        kill_before(permrl.policy.samplers.PolicySampler, "end_episode",
+        kill_before(permrl.policy.samplers.GroupSampler, "reward",
                     lambda _, it, *state_and_twin: it == at)
     from permrl.cli import main
     sys.exit(main(sys.argv[3:]))

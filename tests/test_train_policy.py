@@ -12,7 +12,7 @@ from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
 from permrl.policy.groups import group_permutations, policy_input
 from permrl.policy.reinforce import Reinforce
-from permrl.policy.samplers import PolicySampler
+from permrl.policy.samplers import GroupSampler
 from permrl.train import policy_phase, train
 
 TINY = [
@@ -32,6 +32,18 @@ def tiny(*extra: str):
     return load_config(overrides=TINY + list(extra))
 
 
+def finish_episode(sampler, iteration, state, twin=None):
+    """The end of an episode in `permrl.train.policy_step`'s order: reward (Eq. 7), record,
+    update (Eq. 9), end, regroup (Eq. 10); its record."""
+    r = sampler.reward(iteration, state, twin)
+    record = sampler.episode_record(iteration, state, twin)
+    if r is not None:
+        record |= {"reward": r} | sampler.update(r)
+    sampler.end_episode()
+    sampler.regroup(iteration, state)
+    return record
+
+
 def test_policy_phase_follows_the_schedule():
     cfg = tiny("reinforce.sgd_steps=3", "reinforce.episode_batches=2")
     phases = [policy_phase(cfg, done) for done in range(0, 12)]
@@ -43,22 +55,22 @@ def test_policy_phase_follows_the_schedule():
 def test_policy_draws_only_from_the_chosen_groups():
     rng = np.random.default_rng(0)
     ratios = np.concatenate([rng.uniform(0.5, 0.7, (4, 6)), rng.uniform(1.4, 2.0, (6, 6))])
-    sampler = PolicySampler(10, Reinforce(2, seed=0), num_groups=2, seed=0)
+    sampler = GroupSampler(10, Reinforce(2, seed=0), num_groups=2, seed=0)
     sampler.groups = group_permutations(ratios, 2, seed=0)
     sampler.s_hat = policy_input(sampler.groups, 10)
     sampler.begin_episode()
     perms = sampler.draw(400, torch.Generator().manual_seed(1))
-    actions = torch.cat(sampler.episode)
-    assignment = torch.as_tensor(sampler.groups.assignment)
-    assert torch.equal(assignment[perms], actions)  # each permutation lies in its group
+    sampler.record(perms)
+    groups = torch.as_tensor(sampler.groups.assignment)[perms]
+    assert torch.equal(torch.cat(sampler.episode), groups)  # a permutation's group: its action
     assert set(perms.tolist()) == set(range(10))  # every member of a group is reachable
     assert sampler.groups.assignment[:4].tolist() == [0] * 4  # the hard rows: group 0
 
 
-def grouped_sampler(episode_actions: str) -> PolicySampler:
+def grouped_sampler(episode_actions: str) -> GroupSampler:
     """A policy over 3 k-means groups of 10 permutations (random ratios), s_hat set."""
     rng = np.random.default_rng(0)
-    sampler = PolicySampler(10, Reinforce(3, seed=0), num_groups=3, seed=0,
+    sampler = GroupSampler(10, Reinforce(3, seed=0), num_groups=3, seed=0,
                             episode_actions=episode_actions)
     sampler.groups = group_permutations(rng.uniform(0.5, 2.0, (10, 6)), 3, seed=0)
     sampler.s_hat = policy_input(sampler.groups, 10)
@@ -73,6 +85,7 @@ def test_batch_episode_actions_draw_one_group_per_mini_batch_in_episodes_only():
     sampler.begin_episode()
     for _ in range(6):
         perms = sampler.draw(16, gen)
+        sampler.record(perms)
         groups = torch.as_tensor(sampler.groups.assignment)[perms]
         assert len(set(groups.tolist())) == 1 and torch.equal(groups, sampler.episode[-1])
     assert len({int(a[0]) for a in sampler.episode}) > 1  # a new group for each batch
@@ -90,20 +103,34 @@ def test_episode_actions_draw_one_group_for_the_whole_episode():
         copy.set_state(gen.get_state())
         first = torch.multinomial(sampler.probabilities(), 1, generator=copy)
         for _ in range(4):
-            groups = assignment[sampler.draw(16, gen)]
-            assert groups.tolist() == [int(first)] * 16
+            perms = sampler.draw(16, gen)
+            sampler.record(perms)  # the loop's record keeps the episode's group
+            assert assignment[perms].tolist() == [int(first)] * 16
         assert torch.equal(torch.cat(sampler.episode), first.expand(64))
+        sampler.end_episode()
 
 
-def test_unreadable_samples_earn_no_credit():
-    sampler = PolicySampler(10, Reinforce(2, seed=0), num_groups=2, seed=0)
-    sampler.groups = group_permutations(np.random.default_rng(0).uniform(0.5, 2, (10, 6)), 2, 0)
-    sampler.s_hat = policy_input(sampler.groups, 10)
-    sampler.begin_episode()
-    trained = torch.tensor([True, False, True, True, False, True])
-    perms = sampler.draw(6, torch.Generator().manual_seed(1), trained)
-    assert torch.equal(sampler.episode_perms[0], perms[trained])
-    assert len(sampler.episode[0]) == 4
+def test_unreadable_samples_earn_no_credit(tmp_path, monkeypatch):
+    """The loop records as an episode's actions exactly the draws of the samples it trains
+    on: rows 1 and 4 made unreadable in every batch are left out of every record."""
+    import permrl.train as train_module
+
+    drawn, recorded = [], []
+    draw, record = GroupSampler.draw, GroupSampler.record
+    monkeypatch.setattr(GroupSampler, "draw", lambda self, *args: (
+        drawn.append((self.in_episode, draw(self, *args))), drawn[-1][1])[1])
+    monkeypatch.setattr(GroupSampler, "record", lambda self, perms: (
+        recorded.append(perms), record(self, perms))[1])
+    readable = torch.tensor([True, False, True, True, False, True, True, True])
+    parts = train_module.drawn_parts
+    monkeypatch.setattr(train_module, "drawn_parts", lambda run, name, step, batch, ok: parts(
+        run, name, step, batch, ok & readable))
+    train(tiny("train.steps=6"), tmp_path / "run", progress=False)
+    episode_draws = [perms for in_episode, perms in drawn if in_episode]
+    assert len(episode_draws) == 2  # after 2 and 5 (N = 2, K = 1)
+    assert len(recorded) == 2
+    for perms, kept in zip(episode_draws, recorded, strict=True):
+        assert torch.equal(kept, perms[readable])
 
 
 @pytest.mark.parametrize(("metric", "expected"), [
@@ -124,14 +151,14 @@ def test_the_reward_extrapolates_the_chosen_metric(metric, expected):
 
     states = [state(0, 2.0, 0.0), state(2, 1.5, 0.2), state(4, 1.2, 0.5)]
     assert [s.error for s in states] == [1.0, 0.75, 0.5]
-    sampler = PolicySampler(4, Reinforce(2, seed=0), num_groups=2, seed=0,
+    sampler = GroupSampler(4, Reinforce(2, seed=0), num_groups=2, seed=0,
                             reward_metric=metric)
     gen = torch.Generator().manual_seed(0)
-    sampler.observe(10, states[0])
+    sampler.regroup(10, states[0])
     for iteration, s in ((20, states[1]), (25, states[2])):
         sampler.begin_episode()
-        sampler.draw(8, gen)
-        record = sampler.end_episode(iteration, s)
+        sampler.record(sampler.draw(8, gen))
+        record = finish_episode(sampler, iteration, s)
     assert record["reward"] == pytest.approx(expected)
     assert sampler.state_dict()["values"][-1][1] == pytest.approx(
         {"error": 0.5, "cross_entropy": 1.2, "log_ratio": -0.5}[metric])
@@ -155,12 +182,12 @@ def test_the_twin_reward_is_the_twins_value_minus_the_networks():
     before, after, twin = state(0, 2.0), state(2, 1.5), state(5, 1.25)
     assert (before.error, after.error, twin.error) == (0.0, 0.25, 0.625)
     for metric, expected in (("error", 0.375), ("cross_entropy", -0.25)):
-        sampler = PolicySampler(4, Reinforce(2, seed=0), num_groups=2, seed=0,
+        sampler = GroupSampler(4, Reinforce(2, seed=0), num_groups=2, seed=0,
                                 reward_metric=metric, reward_baseline="twin")
-        sampler.observe(10, before)
+        sampler.regroup(10, before)
         sampler.begin_episode()
-        sampler.draw(8, torch.Generator().manual_seed(0))
-        record = sampler.end_episode(20, after, twin)
+        sampler.record(sampler.draw(8, torch.Generator().manual_seed(0)))
+        record = finish_episode(sampler, 20, after, twin)
         assert record["reward"] == pytest.approx(expected)
         twin_value = {"error": 0.625, "cross_entropy": 1.25}[metric]
         assert record["twin_value"] == pytest.approx(twin_value)
@@ -278,14 +305,10 @@ def test_a_twin_drawing_what_the_network_draws_ends_where_the_network_ends(
         monkeypatch.setattr(train_module, "step_seed", lambda seed, step, stream: seed_of(
             seed, step, stream - 17 if stream in (20, 21) else stream))  # twin's = sampler's
 
-        def uniform_draw(self, batch_size, generator, trained=None):
-            perms = torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
-            if self.episode is not None and self.groups is not None:
-                self.episode.append(torch.as_tensor(self.groups.assignment)[perms])
-                self.episode_perms.append(perms)
-            return perms
+        def uniform_draw(self, batch_size, generator):
+            return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
 
-        monkeypatch.setattr(PolicySampler, "draw", uniform_draw)
+        monkeypatch.setattr(GroupSampler, "draw", uniform_draw)
     cfg = tiny("train.steps=8", "reinforce.episode_batches=2", "train.optimizer=adam",
                "reinforce.reward_baseline=twin", "reinforce.reward_metric=cross_entropy")
     train(cfg, tmp_path / "run", progress=False)
@@ -305,11 +328,11 @@ def test_the_fixed_ceiling_draws_uniformly_over_the_hardest_share_of_psi():
     gen = torch.Generator().manual_seed(0)
     assert set(sampler.draw(600, gen).tolist()) == set(range(6))  # before a state: uniform
     errors = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.2, 0.0])  # hardest half: 1, 3 (tie), 2
-    sampler.observe(4, SimpleNamespace(error=0.43, per_permutation_error=errors))
+    sampler.regroup(4, SimpleNamespace(error=0.43, per_permutation_error=errors))
     counts = torch.bincount(sampler.draw(3000, gen), minlength=6)
     assert counts[[0, 4, 5]].tolist() == [0, 0, 0] and counts[[1, 2, 3]].min() > 900
     sampler.begin_episode()
-    record = sampler.end_episode(6, SimpleNamespace(
+    record = finish_episode(sampler, 6, SimpleNamespace(
         error=0.3, per_permutation_error=torch.tensor([0.9, 0.0, 0.0, 0.0, 0.8, 0.0])))
     assert record == {"sampler": "fixed", "share": 0.5, "error_before": 0.43, "error_after": 0.3}
     assert sampler.chosen.tolist() == [0, 1, 4]  # chosen anew: 0, 4, then the first tie (1)

@@ -282,7 +282,7 @@ def loop_rewards(land: Landscape, horizons: list[int], cycles: int, sgd_steps: i
 
 
 def checkpoint_groups(land: Landscape, num_groups: int) -> tuple[PermutationGroups, np.ndarray]:
-    """The k-means groups of the checkpoint's state (as `PolicySampler.observe` makes them)
+    """The k-means groups of the checkpoint's state (as `GroupSampler.regroup` makes them)
     and each permutation's validation error."""
     land.restore()
     state = land.state()

@@ -1,6 +1,6 @@
 """Two simple adaptive samplers over the same groups, to ask whether RL beats simple adaptivity.
 
-Both act where the REINFORCE policy acts (`PolicySampler`): on the k-means groups of Psi,
+Both act where the REINFORCE policy acts (`GroupSampler`): on the k-means groups of Psi,
 re-clustered at every state, hardest group first, a permutation uniformly inside the chosen
 group. Neither is in the paper; both are baselines for its ablation.
 

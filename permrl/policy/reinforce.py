@@ -122,7 +122,7 @@ OPTIMIZERS = ("sgd", "adam")
 class Reinforce:
     """REINFORCE (Eq. 9) with a moving-average baseline and an entropy / KL regulariser.
 
-    The interface every learner over groups has (`PolicySampler` calls it): `probabilities`,
+    The interface every learner over groups has (`GroupSampler` calls it): `probabilities`,
     `update(s_hat, mask, actions, reward)`, `state_dict`, `load_state_dict`.
 
     advantage="raw", prior="groups": Eq. 9 as written (R_t - b, entropy over the groups).

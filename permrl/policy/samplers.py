@@ -1,7 +1,7 @@
 """Permutation samplers behind one small interface.
 
 A sampler answers one question per training batch: which row of Psi goes with each sample?
-`UniformSampler` is the jigsaw baseline (every permutation equally likely). `PolicySampler` is
+`UniformSampler` is the jigsaw baseline (every permutation equally likely). `GroupSampler` runs
 the learned policy of Sect. 3.2: a group of permutations is drawn from pi(. | s_hat), then a
 permutation uniformly inside it (then a random training sample: the batch itself). It also keeps
 what the policy needs between validations: the groups, s_hat, the error history and the actions
@@ -30,10 +30,8 @@ from permrl.policy.state import NetworkState
 
 
 class PermutationSampler(Protocol):
-    def draw(self, batch_size: int, generator: torch.Generator,
-             trained: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch_size,) int64 indices into Psi. `trained`: (batch_size,) bool, the samples that
-        will be trained on (the others were unreadable); default all."""
+    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch_size,) int64 indices into Psi."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -44,11 +42,12 @@ class PermutationSampler(Protocol):
 class UniformSampler:
     """psi ~ Uniform(Psi), independent of the sample (the baseline of Noroozi & Favaro)."""
 
+    in_episode = False  # it never runs episodes
+
     def __init__(self, num_permutations: int) -> None:
         self.num_permutations = num_permutations
 
-    def draw(self, batch_size: int, generator: torch.Generator,
-             trained: torch.Tensor | None = None) -> torch.Tensor:
+    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
 
     def state_dict(self) -> dict[str, Any]:
@@ -92,7 +91,7 @@ class GroupLearner(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class PolicySampler:
+class GroupSampler:
     """Draws permutations from a learner over groups of Psi: the REINFORCE policy of Sect. 3.2,
     or one of the simple adaptive baselines of `permrl.policy.bandits`.
 
@@ -102,14 +101,16 @@ class PolicySampler:
     K actions, each a whole mini-batch; the episode's draws then deviate from pi far more, which
     is what the reward can be credited to), or one group for the whole episode ("episode": the
     episode trains on that group alone). The SGD phase always draws per sample.
-    `observe(iteration, state)` re-clusters Psi on the new state and fixes s_hat (the learner is
-    fixed in between); `begin_episode()` / `end_episode(iteration, state)` bracket the K
-    mini-batches whose actions are credited with the reward of Eq. 7.
+    The cycle, in the order `permrl.train.policy_step` calls it: `regroup(iteration, state)`
+    re-clusters Psi on a new state and fixes s_hat (Eq. 10; the learner is fixed in between);
+    `begin_episode()`; the loop `record`s the permutations each of the K mini-batches trained
+    on; then from the state after them `reward` (Eq. 7), `episode_record`, `update` (Eq. 9),
+    `end_episode()`, and `regroup` again.
     `reward_metric`: what the reward compares, `reward_value` (the paper: "error").
     `reward_baseline`: what the episode's value is compared with: "extrapolated", Eq. 7's E_BL
     (the paper's), or "twin", the value of a paired twin forked at the episode's start and
     trained on uniform draws of the same batches (`permrl.policy.twin`), passed to
-    `end_episode`: r = value(twin) - value(policy), positive when the episode beat uniform.
+    `reward`: r = value(twin) - value(policy), positive when the episode beat uniform.
     """
 
     def __init__(self, num_permutations: int, learner: GroupLearner, num_groups: int,
@@ -148,10 +149,10 @@ class PolicySampler:
             return torch.ones(1)
         return self.learner.probabilities(self.s_hat, self.mask(), self.group_errors)
 
-    def draw(self, batch_size: int, generator: torch.Generator,
-             trained: torch.Tensor | None = None) -> torch.Tensor:
-        """Permutations for a batch; the actions of the `trained` samples (default all) are the
-        episode's: an unreadable sample's action earns no credit in Eq. 9."""
+    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch_size,) permutation indices: a group from pi(. | s_hat) (per sample, per
+        mini-batch or per episode, `episode_actions`), then a permutation uniformly inside it.
+        Nothing is recorded here: the loop hands what the episode trained on to `record`."""
         if self.groups is None or self.s_hat is None:
             return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
         one_per_batch = self.episode is not None and self.episode_actions != "sample"
@@ -166,19 +167,26 @@ class PolicySampler:
         offsets = (torch.rand(batch_size, generator=generator) * sizes).long()
         order = torch.as_tensor(np.argsort(self.groups.assignment, kind="stable"))
         starts = torch.as_tensor(np.concatenate([[0], np.cumsum(self.groups.sizes)[:-1]]))
-        perms = order[starts[actions] + offsets]
-        if self.episode is not None:
-            keep = slice(None) if trained is None else trained
-            self.episode.append(actions[keep])
-            self.episode_perms.append(perms[keep])
-        return perms
+        return order[starts[actions] + offsets]
+
+    @property
+    def in_episode(self) -> bool:
+        """Between `begin_episode` and `end_episode`: the draws are the episode's actions."""
+        return self.episode is not None
+
+    def record(self, perms: torch.Tensor) -> None:
+        """The permutations the running episode trained on (an unreadable sample's draw is
+        left out by the caller: it earns no credit in Eq. 9); their groups are its actions."""
+        assert self.episode is not None and self.groups is not None, "no episode is running"
+        self.episode_perms.append(perms)
+        self.episode.append(torch.as_tensor(self.groups.assignment)[perms])
 
     def episode_group(self) -> torch.Tensor | None:
         """(1,) the group the running episode drew first (None before any trained draw)."""
         return next((a[:1] for a in self.episode or [] if len(a)), None)
 
     # Validation, episodes, updates --------------------------------------------------------
-    def observe(self, iteration: int, state: NetworkState) -> None:
+    def regroup(self, iteration: int, state: NetworkState) -> None:
         """A new state s_t: regroup Psi (k-means, hardest first) and set s_hat (Eq. 10)."""
         self.errors.append((iteration, state.error))
         self.values.append((iteration, reward_value(state, self.reward_metric)))
@@ -189,23 +197,37 @@ class PolicySampler:
         self.group_errors = torch.as_tensor(group_errors(self.groups, errors))
         self.quartiles = difficulty_quartiles(errors, ratios.mean(axis=1))
 
+    observe = regroup  # permrl 0.2's name, kept for one version
+
     def begin_episode(self) -> None:
         self.episode, self.episode_perms = [], []
 
-    def end_episode(self, iteration: int, state: NetworkState,
-                    twin: NetworkState | None = None) -> dict[str, Any]:
-        """Reward (Eq. 7, or against the paired `twin`'s state) of the finished episode, the
-        learner's update (Eq. 9 for the policy), then observe the new state."""
+    def reward(self, iteration: int, state: NetworkState,
+               twin: NetworkState | None = None) -> float | None:
+        """r of the finished episode from the state s_{t+1} after it: Eq. 7 (E_BL - E_{t+1},
+        None until two states exist), or value(twin) - value(policy) against the paired
+        `twin`'s state; both on `reward_metric`."""
+        value = reward_value(state, self.reward_metric)
+        if self.reward_baseline == "twin":
+            assert twin is not None, "reward_baseline=twin: the reward needs the twin's state"
+            return reward_value(twin, self.reward_metric) - value
+        return reward(self.values, iteration, value)  # Eq. 7
+
+    def update(self, r: float) -> dict[str, Any]:
+        """The learner's step on the episode's actions and reward r (Eq. 9 for the policy)."""
+        assert self.episode is not None and self.s_hat is not None, "no episode is running"
+        self.updates += 1
+        return self.learner.update(self.s_hat, self.mask(), torch.cat(self.episode), r)
+
+    def end_episode(self) -> None:
+        self.episode = None
+
+    def episode_record(self, iteration: int, state: NetworkState,
+                       twin: NetworkState | None = None) -> dict[str, Any]:
+        """What the finished episode saw and chose, before the update and the regrouping."""
         assert self.episode is not None and self.groups is not None and self.s_hat is not None
         actions = torch.cat(self.episode)
         perms = torch.cat(self.episode_perms)
-        value = reward_value(state, self.reward_metric)
-        if self.reward_baseline == "twin":
-            assert twin is not None, "reward_baseline=twin: end_episode needs the twin's state"
-            twin_value = reward_value(twin, self.reward_metric)
-            r: float | None = twin_value - value
-        else:
-            r = reward(self.values, iteration, value)  # Eq. 7
         record: dict[str, Any] = {
             "sampler": self.learner.kind,
             "group_sizes": self.groups.sizes.tolist(),
@@ -221,15 +243,11 @@ class PolicySampler:
         }
         if self.reward_metric != "error":  # what the reward compared instead
             record |= {"reward_metric": self.reward_metric, "value_before": self.values[-1][1],
-                       "value_after": value}
+                       "value_after": reward_value(state, self.reward_metric)}
         if self.reward_baseline == "twin":
-            record |= {"reward_baseline": "twin", "twin_value": twin_value}
-        if r is not None:
-            record["reward"] = r
-            record |= self.learner.update(self.s_hat, self.mask(), actions, r)
-            self.updates += 1
-        self.episode = None
-        self.observe(iteration, state)
+            assert twin is not None, "reward_baseline=twin: the record needs the twin's state"
+            record |= {"reward_baseline": "twin",
+                       "twin_value": reward_value(twin, self.reward_metric)}
         return record
 
     def state_dict(self) -> dict[str, Any]:
@@ -265,6 +283,9 @@ class PolicySampler:
         self.episode, self.episode_perms = state["episode"], state["episode_perms"]
 
 
+PolicySampler = GroupSampler  # permrl 0.2's name, kept for one version
+
+
 class HardestShareSampler:
     """`policy: fixed`, the ceiling arm of the ablation (not in the paper): every draw uniform
     over the hardest `share` of Psi by the per-permutation validation error of the last state
@@ -283,30 +304,43 @@ class HardestShareSampler:
         self.episode: list[torch.Tensor] | None = None
         self.updates = 0
 
-    def draw(self, batch_size: int, generator: torch.Generator,
-             trained: torch.Tensor | None = None) -> torch.Tensor:
+    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         if self.chosen is None:
             return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
         return self.chosen[torch.randint(0, len(self.chosen), (batch_size,), generator=generator)]
 
-    def observe(self, iteration: int, state: NetworkState) -> None:
+    def regroup(self, iteration: int, state: NetworkState) -> None:
+        """A new state: the hardest `share` of Psi by its per-permutation error."""
         self.errors.append((iteration, state.error))
         count = max(1, round(self.share * self.num_permutations))
         order = hardest_first(state.per_permutation_error.cpu().numpy())
         self.chosen = torch.as_tensor(np.sort(order[:count]))
 
+    observe = regroup  # permrl 0.2's name, kept for one version
+
     def begin_episode(self) -> None:
         self.episode = []
 
-    def end_episode(self, iteration: int, state: NetworkState,
-                    twin: NetworkState | None = None) -> dict[str, Any]:
-        """The cycle's record (no reward, nothing learnt), then the set chosen anew."""
-        record = {"sampler": self.kind, "share": self.share,
-                  "error_before": self.errors[-1][1], "error_after": state.error}
+    @property
+    def in_episode(self) -> bool:
+        return self.episode is not None
+
+    def record(self, perms: torch.Tensor) -> None:
+        """Nothing is learnt from what an episode drew."""
+
+    def reward(self, iteration: int, state: NetworkState,
+               twin: NetworkState | None = None) -> float | None:
+        return None  # nothing is learnt
+
+    def end_episode(self) -> None:
         self.episode = None
-        self.updates += 1
-        self.observe(iteration, state)
-        return record
+        self.updates += 1  # episodes counted (the policy counts its updates)
+
+    def episode_record(self, iteration: int, state: NetworkState,
+                       twin: NetworkState | None = None) -> dict[str, Any]:
+        """The cycle's record: no reward, nothing learnt."""
+        return {"sampler": self.kind, "share": self.share,
+                "error_before": self.errors[-1][1], "error_after": state.error}
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "share": self.share, "chosen": self.chosen,

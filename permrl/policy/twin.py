@@ -6,7 +6,7 @@ spread of the same K steps). A paired twin (`reinforce.reward_baseline: twin`) r
 it: at the episode's start the network and its optimiser are forked; every episode step trains
 the twin on the same samples, crops and dropout masks as the network, with its permutations
 drawn uniformly over Psi; at the episode's end the reward is value(twin) - value(network)
-(`PolicySampler.end_episode`): positive when the policy's draws did better than uniform ones
+(`GroupSampler.reward`): positive when the policy's draws did better than uniform ones
 from the same start on the same data. Cost: K more SGD steps and one more state per episode,
 and a second copy of the weights and optimiser moments while an episode runs.
 """
