@@ -31,7 +31,7 @@ from PIL import Image
 from permrl.config import load_config
 from permrl.data.batches import ClipBatches, PuzzleBatches, scaled_size
 from permrl.data.builtin import DEMO_PHOTO_NAMES, demo_photo
-from permrl.data.prepared import prepare_images, prepare_videos
+from permrl.data.prepare import prepare_images, prepare_videos
 from permrl.data.samples import geometry_of
 from permrl.data.sources import open_source
 from permrl.data.video_sources import open_video_source

@@ -29,7 +29,8 @@ from permrl.config import Config, load_config, model_tasks
 from permrl.data.samples import geometry_of
 from permrl.distributed import resolve_device
 from permrl.models.build import build_model
-from permrl.train import make_optimizer, train
+from permrl.run import make_optimizer
+from permrl.train import train
 
 
 def synchronise(device: torch.device) -> None:

@@ -3,6 +3,9 @@
 Resolution order: dataclass defaults (the `cpu` preset) <- preset <- YAML file <- `--set key=value`.
 Every key is checked on load: an unknown key or a bad value is a `ConfigError` whose one-line
 message names the key and what is allowed.
+
+Why this long: one dataclass per config section with a comment on every key (the source of
+docs/config.md), the two presets, and the loader with its one-line errors.
 """
 
 from __future__ import annotations

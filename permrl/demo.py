@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from permrl.ablate import KS, ablate, markdown_table
+from permrl.ablate import ablate
 from permrl.checkpoint import load_checkpoint
 from permrl.config import config_from_dict
 from permrl.data.batches import validation_tiles
@@ -34,6 +34,7 @@ from permrl.evaluate.run import knn, load_trunk
 from permrl.models.build import build_model
 from permrl.policy.state import puzzle_accuracy
 from permrl.report.html import write_report
+from permrl.report.tables import format_table
 from permrl.run_dir import Interrupted, RunError, last_validation
 
 IMAGE_QUERIES = "demo-photos?subset=query"  # unseen photo crops for the puzzle accuracy
@@ -153,42 +154,3 @@ def evaluate(
     }
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """demo.md: the protocol in words and the tables of `demo_tables`."""
-    first = next(iter(report["rows"].values()))
-    img, vid = first["images"], first["videos"]
-    retrieval, puzzle = (markdown_table(t[0], t[1:]) for t in demo_tables(report))
-    chance = ", ".join(f"{n} {1 / p:.1%}" for n, p in report["permutations"].items())
-    return "\n".join([
-        f"Each variant trained {report['steps']} steps, same seed (training and the ablation's "
-        f"evaluation {report['train_seconds']:.0f} s in all). Retrieval "
-        f"(cosine, {img['layer']}, BN statistics: {img['bn_stats']}), labelled by photo, on "
-        "photo regions never trained on:",
-        f"- images: {img['queries']} query crops (bottom-right quarters) vs {img['gallery']} "
-        "gallery crops (bottom-left quarters);",
-        f"- videos: {vid['frames_per_video']} frames per clip; frame level {vid['queries']} "
-        f"queries vs {vid['gallery']} gallery frames (the paper's protocol), video level "
-        f"{vid['video_level']['queries']} vs {vid['video_level']['gallery']} clips.",
-        "", retrieval, "",
-        f"Held-out puzzle accuracy, all permutations of each sample (chance {chance}):",
-        "", puzzle])
-
-
-def demo_tables(report: dict[str, Any]) -> list[list[list[str]]]:
-    """demo.json's retrieval and puzzle tables as text, percentages with one decimal."""
-    rows, perms = report["rows"], report["permutations"]
-    first = next(iter(rows.values()))
-    ks = [k for k in KS if k in first["images"] and k in first["videos"]]
-
-    def percent(result: dict[str, Any], keys: list[str]) -> list[str]:
-        return [f"{100 * result[k]:.1f}" if k in result else "-" for k in keys]
-
-    retrieval = [["network", "data", *(k.capitalize() for k in ks)]] + [
-        [name, label, *percent(result, ks)] for name, row in rows.items()
-        for label, result in (("images", row["images"]), ("videos, frame level", row["videos"]),
-                              ("videos, video level", row["videos"]["video_level"]))]
-    puzzle = [["network", *(f"{n} X_val" for n in perms),
-               f"spatial, {report['unseen_images']} unseen photo crops"]] + [
-        [name, *percent(row.get("puzzle_xval", {}), list(perms)),
-         f"{100 * row['puzzle_unseen']:.1f}"] for name, row in rows.items()]
-    return [retrieval, puzzle]

@@ -26,6 +26,7 @@ from permrl.checkpoint import load_checkpoint
 from permrl.config import ADAPTIVE_POLICIES, Config, ConfigError, config_with
 from permrl.files import write_atomic
 from permrl.policy.cycle import Cycle
+from permrl.policy.null import reward_signal
 from permrl.run_dir import Interrupted, RunError
 from permrl.train import train
 
@@ -61,64 +62,6 @@ def quartile_summary(records: list[dict[str, Any]], task: str) -> list[dict[str,
                     "group_sizes": r["group_sizes"], "policy_probs": r["policy_probs"],
                     "error_before": r["error_before"], "reward": r.get("reward")})
     return out
-
-
-def reward_signal(records: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
-    """How much the episodes' rewards say about the groups, from a run's episode records.
-
-    The only learning signal of Eq. 9 is how the draws of an episode deviate from pi: per
-    group j, g_tj = (r_t - mean r) * (f_tj - pi_tj), f_tj the share of the episode's draws in
-    group j (the policy-gradient of the logit of j, with the mean reward as baseline). Over T
-    episodes, t_j = mean_t g_tj / (std_t g_tj / sqrt T): |t_j| ~ 0.8 on average when the rewards
-    carry no information about the groups, larger when they do. Also the rewards' spread and
-    the draws' own fluctuation (f - pi).
-    """
-    import numpy as np
-
-    rows = [r for r in records if r.get("task") == task and r.get("reward") is not None
-            and r.get("chosen_groups") and r.get("policy_probs")]
-    if len(rows) < 3:
-        return None
-    rewards = np.array([r["reward"] for r in rows])
-    width = min(len(r["policy_probs"]) for r in rows)
-    counts = np.array([r["chosen_groups"][:width] for r in rows], dtype=np.float64)
-    share = counts / counts.sum(axis=1, keepdims=True)
-    deviation = share - np.array([r["policy_probs"][:width] for r in rows])
-    g = (rewards - rewards.mean())[:, None] * deviation
-    spread = g.std(axis=0, ddof=1)
-    t = np.divide(g.mean(axis=0) * np.sqrt(len(rows)), spread, out=np.zeros(width),
-                  where=spread > 0)
-    return {"episodes": len(rows), "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(ddof=1)),
-            "draw_fluctuation": float(np.abs(deviation).mean()),
-            "t_per_group": [round(float(v), 2) for v in t],
-            "mean_abs_t": float(np.abs(t).mean()), "max_abs_t": float(np.abs(t).max())}
-
-
-def policy_movement(records: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
-    """How far a run's sampler moved from uniform draws over Psi, from its episode records:
-    at the last episode max_j |pi_j - q_j| and KL(q || pi), q_j = |c_j| / |Psi|; the share of
-    the hardest quartile of permutations in the draws of the last third of the episodes (25% =
-    uniform); and `reward_signal`'s mean |t| (~0.8 when the rewards say nothing about the
-    groups)."""
-    import math
-
-    episodes = [r for r in records if r.get("task") == task and r.get("policy_probs")
-                and r.get("group_sizes") and r.get("chosen_quartiles")]
-    if not episodes:
-        return None
-    last, third = episodes[-1], episodes[-max(1, len(episodes) // 3):]
-    sizes = last["group_sizes"][:len(last["policy_probs"])]
-    q = [size / sum(sizes) for size in sizes]
-    pi = last["policy_probs"]
-    hardest = sum(r["chosen_quartiles"][3] for r in third)
-    drawn = sum(sum(r["chosen_quartiles"]) for r in third)
-    signal = reward_signal(records, task)
-    return {"episodes": len(episodes), "updates": sum("reward" in r for r in episodes),
-            "max_deviation": max(abs(a - b) for a, b in zip(pi, q, strict=True)),
-            "kl": sum(a * math.log(a / b) for a, b in zip(q, pi, strict=True) if a > 0 and b > 0),
-            "hardest_share": hardest / drawn if drawn else float("nan"),
-            "mean_abs_t": signal["mean_abs_t"] if signal else float("nan")}
 
 
 def policy_learning(checkpoint: str | Path, out: str | Path, episodes: int, *,

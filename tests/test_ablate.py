@@ -54,7 +54,7 @@ def test_ablation_table_resume_and_layout(tmp_path, monkeypatch):
     assert "| S+P |" in table and "2 seed(s)" in table and "42 items" in table
     assert "spatial puzzle" in table and "temporal puzzle" in table  # S&T trains both
     # How far S+P's policy moved: the table's row is the mean over seeds of each seed's own.
-    from permrl.policy_learning import policy_movement
+    from permrl.policy.null import policy_movement
     from permrl.report.figures import read_metrics
 
     seeds = [policy_movement(read_metrics(out / f"S+P/seed{s}"), "spatial") for s in (0, 1)]
@@ -72,7 +72,8 @@ def test_each_policy_cell_is_compared_with_its_shuffled_reward_null(tmp_path):
     null columns are those of `shuffled_reward_null` on the cell's own records and learner."""
     from permrl.config import load_config
     from permrl.policy.null import shuffled_reward_null
-    from permrl.report.figures import read_metrics
+    from permrl.report.tables import NULL_SHUFFLES
+    from permrl.run_dir import read_metrics
     from permrl.tasks import make_sampler
 
     out = tmp_path / "abl"
@@ -81,7 +82,7 @@ def test_each_policy_cell_is_compared_with_its_shuffled_reward_null(tmp_path):
     cfg = load_config(cell / "config.yaml")
     records = [r for r in read_metrics(cell) if r.get("task") == "spatial"]
     null = shuffled_reward_null(records, lambda: make_sampler(cfg, "spatial", 12).learner,
-                                shuffles=ablate_module.NULL_SHUFFLES, seed=cfg.seed)
+                                shuffles=NULL_SHUFFLES, seed=cfg.seed)
     table = (out / "table.md").read_text()
     assert (f"| {null['max_deviation_null_95']:.3f} | {null['max_deviation_percentile']:.0f} / "
             f"{null['mean_abs_t_percentile']:.0f} | {int(null['beyond_null'])}/1 |") in table
@@ -89,7 +90,7 @@ def test_each_policy_cell_is_compared_with_its_shuffled_reward_null(tmp_path):
 
 
 def test_a_difference_is_not_called_a_policy_effect_when_the_policy_stayed_in_its_null():
-    from permrl.ablate import paired_rows, summary_rows, summary_sentences
+    from permrl.report.tables import paired_rows, summary_rows, summary_sentences
 
     rows = {r["variant"]: r for r in summary_rows(hand_cells())}
     pairs = {p["variant"]: p for p in paired_rows(hand_cells())}
@@ -149,7 +150,7 @@ def test_an_interrupted_cell_exits_130_and_says_how_to_continue(tmp_path, monkey
     import signal
 
     from permrl.cli import main
-    from permrl.train import RunResult
+    from permrl.run import RunResult
 
     def stopped(cfg, run_dir, **kwargs):
         return RunResult(run_dir, 1, float("nan"), {}, 0, stop_signal=int(signal.SIGINT))
@@ -165,8 +166,8 @@ def test_an_interrupted_cell_exits_130_and_says_how_to_continue(tmp_path, monkey
 
 def test_the_table_rounds_once():
     """87.946% must print as 87.9 (rounding to 87.95 first printed 88.0)."""
-    from permrl.ablate import summary_table
     from permrl.config import load_config
+    from permrl.report.tables import summary_table
 
     knn = {"layer": "pool5", "train_source": "g", "test_source": "q", "gallery": 2,
            "queries": 2, "bn_stats": "gallery", "top1": 0.879464, "top5": 0.950535}
@@ -192,7 +193,8 @@ def hand_cells() -> list[dict]:
 def test_paired_differences_by_hand():
     """S+P - S per seed: top1 +3, +4, +2 points: mean 3, std 1 (exceeds); T+P - T: +1, -1, +2:
     mean 0.667, std 1.528 (within the spread)."""
-    from permrl.ablate import paired_rows, summary_rows, summary_sentences, uniform_twin
+    from permrl.report.tables import paired_rows, summary_rows, summary_sentences
+    from permrl.variants import uniform_twin
 
     assert [uniform_twin(v) for v in ("S", "S+P", "T+hardness", "S+T+P", "S&T")] == [
         None, "S", "T", "S+T", None]
@@ -224,8 +226,8 @@ def test_paired_differences_by_hand():
 
 
 def test_table_md_lists_every_seed_and_the_pairs():
-    from permrl.ablate import summary_table
     from permrl.config import load_config
+    from permrl.report.tables import summary_table
 
     md, _ = summary_table(hand_cells(), load_config())
     assert "| S+P | 53.0 ± 3.0 |" in md
@@ -271,8 +273,13 @@ def test_two_seeds_on_a_folder_of_real_photos_write_mean_spread_and_pairs(tmp_pa
 
 
 def test_one_seed_says_there_is_no_spread_and_missing_tasks_print_a_dash():
-    from permrl.ablate import paired_rows, summary_rows, summary_sentences, summary_table
     from permrl.config import load_config
+    from permrl.report.tables import (
+        paired_rows,
+        summary_rows,
+        summary_sentences,
+        summary_table,
+    )
 
     cells = [c for c in hand_cells() if c["seed"] == 0]
     said = summary_sentences(summary_rows(cells), paired_rows(cells))
@@ -283,7 +290,9 @@ def test_one_seed_says_there_is_no_spread_and_missing_tasks_print_a_dash():
 
 
 def test_the_ceiling_arm_is_paired_with_uniform_and_never_called_a_policy_effect():
-    from permrl.ablate import policy_effect, uniform_twin, variant_config
+    from permrl.ablate import variant_config
+    from permrl.report.tables import policy_effect
+    from permrl.variants import uniform_twin
 
     assert [uniform_twin(v) for v in ("S+fixed", "T+fixed", "S+T+fixed")] == ["S", "T", "S+T"]
     assert policy_effect([], "S+fixed") is None  # it learns nothing: no null, no caveat

@@ -87,7 +87,7 @@ def test_policy_movement_by_hand():
     quartile's share over the last third of 3 episodes (the last one): 6 of 10 draws."""
     import math
 
-    from permrl.policy_learning import policy_movement
+    from permrl.policy.null import policy_movement
 
     def episode(probs, quartiles, reward):
         record = {"task": "spatial", "policy_probs": probs, "group_sizes": [3, 1],

@@ -342,11 +342,11 @@ def test_a_validation_on_an_episode_boundary_reuses_the_policys_state(tmp_path, 
     """val_every 3 with N + K = 2 + 1: validations at 3, 6, 9 fall on episode ends. The state
     is computed once per step (5 policy states + the final validation's, not 9), and the
     logged accuracy is that state's."""
-    import permrl.train as train_module
+    import permrl.run as run_module
 
     computed = []
-    sharded = train_module.sharded_state
-    monkeypatch.setattr(train_module, "sharded_state", lambda model, name, *rest: (
+    sharded = run_module.sharded_state
+    monkeypatch.setattr(run_module, "sharded_state", lambda model, name, *rest: (
         computed.append(name), sharded(model, name, *rest))[1])
     train(tiny("train.steps=9", "train.val_every=3"), tmp_path / "run", progress=False)
     assert len(computed) == 6  # states after 2, 3, 5, 6, 8, 9

@@ -219,7 +219,7 @@ def test_accuracy_up_to_reversal_counts_twins(tmp_path):
 
 def test_frames_have_their_own_size():
     """temporal.frame_size sizes the frames and the temporal fc6; tiles keep spatial.tile."""
-    from permrl.train import build_model
+    from permrl.models.build import build_model
 
     for size, cells in ((32, 1), (48, 4), (64, 9)):  # pool5 1x1, 2x2, 3x3 at conv1 stride 2
         model = build_model(tiny("tasks=[spatial, temporal]", f"temporal.frame_size={size}"))

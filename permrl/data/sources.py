@@ -6,6 +6,9 @@ Every kind takes `?limit=N` (first N items). Whole-source problems raise SourceE
 unreadable images load as None and are counted by the caller (SkipCounter). ImageSource and
 SourceError live in permrl.data.image_source (voc.py needs them and nothing else from here);
 import them from this module.
+
+Why this long: the one place where an image source spec becomes a source: every kind's
+opener, its options and its one-line errors, side by side.
 """
 
 from __future__ import annotations

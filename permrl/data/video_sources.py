@@ -3,6 +3,9 @@
 Kinds: videos:/dir, frames:/dir, ucf101:/dir, hmdb51:/dir, demo-videos (see open_video_source).
 Every kind takes `?limit=N` (first N videos). Whole-source problems raise SourceError; a
 single unreadable or too short video reads as None and is counted by the caller (VideoSkips).
+
+Why this long: the video counterpart of `permrl.data.sources`: every kind's opener, its
+options and its one-line errors, side by side, and the VideoSource they return.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from permrl.data import builtin_videos
 from permrl.data.builtin import DEMO_SUBSETS
 from permrl.data.image_source import item_labels
 from permrl.data.images import IMAGE_EXTENSIONS, decode_image
-from permrl.data.prepared import prepared_video_source
+from permrl.data.prepared import prepared_videos
 from permrl.data.sources import SkipCounter, SourceError, split_spec
 from permrl.data.videos import VIDEO_EXTENSIONS, count_frames, probe_video, read_clip
 
@@ -407,7 +410,7 @@ def open_video_source(spec: str) -> VideoSource:
         "ucf101": lambda: _ucf101_source(spec, path, opt["split"], opt["subset"]),
         "hmdb51": lambda: _hmdb51_source(spec, path, opt["split"], opt["subset"]),
         "demo-videos": lambda: _demo_videos_source(spec, opt),
-        "prepared-videos": lambda: prepared_video_source(spec, path),
+        "prepared-videos": lambda: VideoSource(spec, *prepared_videos(spec, path)),
     }
     source = makers[kind]()
     if opt["limit"] is not None:

@@ -20,6 +20,9 @@ the plain CaffeNet).
   evenly spaced frames per training video; each test video is predicted by averaging the
   softmax outputs of `frames_per_video` (25) evenly spaced frames, and video accuracy is
   reported (frame accuracy too).
+
+Why this long: the protocol of Tables 3-5 in one place: labels (single and multi-label),
+augmentation, the network, training, BN re-estimation, testing and the JSON result.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def open_landscape(checkpoint: str | Path, task: str | None, lr: float | None,
     task = task or names[0]
     if task not in names:
         raise ConfigError(f"--task: {task!r} is not one of this checkpoint's tasks {names}")
-    from permrl.train import make_optimizer  # the optimiser exactly as training builds it
+    from permrl.run import make_optimizer  # the optimiser exactly as training builds it
 
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:

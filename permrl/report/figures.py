@@ -16,6 +16,9 @@ file) when the data it needs is absent from the run directory. The figures follo
 
 Plus :func:`plot_training_curves` (loss, training and held-out accuracy) and
 :func:`plot_policy` (policy probabilities per group over episodes, and the reward).
+
+Why this long: one independent function per figure of the paper (Fig. 3-6) and of a run;
+they share the helpers at the top and nothing else.
 """
 
 from __future__ import annotations

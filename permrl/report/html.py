@@ -8,7 +8,7 @@
 - an ablation directory (``cells.json``): the summary and tables of ``table.md`` (rendered from
   the cells with :mod:`permrl.ablate`'s functions), Fig. 5 over the variants' first seeds,
   Fig. 6 of the first "with policy" variant against the same variant without it, Fig. 4 of
-  the first policy run, then one section per run (:func:`permrl.ablate.cell_dir`) with its
+  the first policy run, then one section per run (:func:`permrl.variants.cell_dir`) with its
   training curves;
 - a demo directory (``demo.json``, ablation or run sub-directories): the demo's tables, Fig. 6
   of a policy run against its partner without the policy, and one section per sub run with its
@@ -18,6 +18,9 @@ Tables are rendered from the JSON the package writes (``cells.json``, ``demo.jso
 sentences around them come from the functions that write ``table.md`` and ``demo.md``.
 Figures go to ``path/figures/`` and are embedded in the HTML as base64 data URIs; the page has
 inline CSS only (no external CSS, JS, fonts or images). All text from files is escaped.
+
+Why this long: the page builder and one section writer per kind of directory (run, ablation,
+demo, Fig. 4, landscape), each short.
 """
 
 from __future__ import annotations
@@ -32,19 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from permrl.ablate import (
-    KS,
+from permrl.config import TASKS, load_config
+from permrl.report import figures as F
+from permrl.report.tables import (
     ablation_tables,
-    cell_dir,
+    demo_tables,
+    format_table,
     paired_rows,
     policy_rows,
     summary_rows,
     summary_sentences,
     summary_table,
-    uniform_twin,
 )
-from permrl.config import TASKS, load_config
-from permrl.report import figures as F
+from permrl.variants import KS, cell_dir, uniform_twin
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -407,7 +410,6 @@ def _seed_band_figures(page: _Page, runs: list[tuple[dict[str, Any], Path]],
 
 
 def _report_demo(page: _Page, root: Path) -> str:
-    from permrl.demo import demo_tables, format_table  # (permrl.demo calls write_report)
 
     runs = sorted(p for p in root.iterdir() if _is_run_dir(p))
     if (root / "demo.json").is_file():

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-import permrl.data.prepared as prepared
+import permrl.data.prepare as prepare
 from permrl.config import load_config
 from permrl.data.batches import PuzzleBatches, scaled_size
 from permrl.data.images import decode_image, resize_square
-from permrl.data.prepared import prepare_images
+from permrl.data.prepare import prepare_images
 from permrl.data.samples import geometry_of
 from permrl.data.sources import SourceError, open_source
 
@@ -31,7 +31,7 @@ def folder(tmp_path):
 
 def test_the_store_holds_the_raw_paths_squares_and_keeps_unreadables_unreadable(
         folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepared, "CHUNK", 2)  # several chunks over two processes
+    monkeypatch.setattr(prepare, "CHUNK", 2)  # several chunks over two processes
     spec = f"folder:{folder}"
     meta = prepare_images(spec, tmp_path / "store", size=48, workers=2)
     raw, store = open_source(spec), open_source(f"prepared:{tmp_path / 'store'}")
@@ -70,7 +70,7 @@ def test_a_folder_that_is_no_store_is_one_clear_error(tmp_path):
 
 def test_the_video_store_holds_every_frame_resized_and_reads_a_clips_frames(tmp_path):
     from permrl.data.images import resize_short_side
-    from permrl.data.prepared import prepare_videos
+    from permrl.data.prepare import prepare_videos
     from permrl.data.video_sources import open_video_source
 
     from .test_video_sources import write_video

@@ -10,19 +10,17 @@ import re
 import numpy as np
 import pytest
 
-from permrl.ablate import (
-    VARIANTS,
-    cell_dir,
+from permrl.ablate import variant_config
+from permrl.config import load_config, to_yaml
+from permrl.report.html import detect_kind, policy_pairs, table_html, write_report
+from permrl.report.tables import (
+    format_table,
     paired_rows,
     summary_rows,
     summary_sentences,
     summary_table,
-    uniform_twin,
-    variant_config,
 )
-from permrl.config import load_config, to_yaml
-from permrl.demo import format_table
-from permrl.report.html import detect_kind, policy_pairs, table_html, write_report
+from permrl.variants import VARIANTS, cell_dir, uniform_twin
 
 IMG = '<img src="data:image/png;base64,'
 CONFIG = """preset: cpu
