@@ -21,6 +21,7 @@ from pathlib import Path
 from permrl import __version__
 from permrl.config import PRESETS, ConfigError, load_config, to_yaml
 from permrl.errors import UserError
+from permrl.evaluate.knn import BN_STATS, PRECISIONS
 from permrl.run_dir import Interrupted, RunError
 
 
@@ -345,7 +346,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_demo)
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=["float32", "bf16"], default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="features in float32 (exact; default: the checkpoint's "
                              "eval.precision, float32) or under bf16 autocast (faster on a GPU)")
 
@@ -360,7 +361,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
                    "eval.knn_train)")
     k.add_argument("--test", help="query source, KIND:PATH (default: eval.knn_test)")
     k.add_argument("--layer", default=None, help="trunk block (default: the config's, pool5)")
-    k.add_argument("--bn-stats", choices=["gallery", "stored"], default="gallery",
+    k.add_argument("--bn-stats", choices=BN_STATS, default="gallery",
                    help="re-estimate BatchNorm statistics on the gallery (default) or keep "
                         "the stored ones")
     k.add_argument("--random-init", action="store_true",
@@ -383,7 +384,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--layer", default="pool5", help="trunk block, conv1..pool5")
     pr.add_argument("--head", choices=["linear", "mlp"], default="linear")
     pr.add_argument("--epochs", type=int, default=30, help="fixed; nothing tuned on test")
-    pr.add_argument("--bn-stats", choices=["gallery", "stored"], default="gallery",
+    pr.add_argument("--bn-stats", choices=BN_STATS, default="gallery",
                     help="re-estimate BN on the training images (default) or keep stored")
     pr.add_argument("--cache", help="feature cache folder (default: beside the checkpoint)")
     pr.add_argument("--random-init", action="store_true")

@@ -4,14 +4,20 @@ Resolution order: dataclass defaults (the `cpu` preset) <- preset <- YAML file <
 Every key is checked on load: an unknown key or a bad value is a `ConfigError` whose one-line
 message names the key and what is allowed.
 
-Why this long: one dataclass per config section with a comment on every key (the source of
-docs/config.md), the two presets, and the loader with its one-line errors.
+Each key is declared once, where it is (`key`): its default, its meaning and its allowed values
+(choices, which the library modules define, or bounds); `check_keys` checks them all and
+`validate` adds only the checks that involve several keys; docs/config.md is generated from
+the declarations (`permrl.config_reference`).
+
+Why this long: one dataclass per config section with every key declared, the two presets, and
+the loader with its one-line errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -19,157 +25,15 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from permrl.errors import UserError
-from permrl.models.trunk import block_size, min_input_size
+from permrl.evaluate.knn import PRECISIONS
+from permrl.models.trunk import BLOCKS, block_size, min_input_size
+from permrl.permutations import CRITERIA
+from permrl.policy.reinforce import ADVANTAGES, OPTIMIZERS, PRIORS
+from permrl.policy.samplers import EPISODE_ACTIONS, REWARD_BASELINES, REWARD_METRICS
 
 
 class ConfigError(UserError):
     """A user error in a configuration: one line naming the key."""
-
-
-@dataclass
-class DataConfig:
-    images: str = "demo"  # image source for the spatial task, "KIND:PATH" (docs/data.md)
-    videos: str = "demo-videos"  # video source for the temporal task
-    workers: int = 1  # DataLoader worker processes per task (0 = load in the main process)
-    decode_threads: int = 1  # FFmpeg threads per worker
-    max_bad_fraction: float = 0.1  # stop when more of the items read so far are unreadable
-
-
-@dataclass
-class ModelConfig:
-    width: float = 0.25  # channel multiplier of CaffeNet (1.0 = paper)
-    conv1_stride: int = 2  # on puzzle tiles; evaluation has its own (eval.conv1_stride)
-    fc6: int = 256  # per-tile fc6 units
-    fc7: int = 1024  # fc7 units of the spatial head (over the concatenated tiles)
-    lstm: int = 256  # temporal head: LSTM hidden units
-    dropout: float = 0.1  # after fc6 and fc7 (paper preset: 0.5, as in the jigsaw network)
-    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
-
-
-@dataclass
-class PermutationConfig:
-    """What both ordering tasks share: their own Psi and their own augmentation strength."""
-
-    permutations: int = 100  # |Psi|
-    criterion: str = "maxmin"  # Hamming selection: maxmin | maxmean
-    permutation_seed: int = 0  # seed of the greedy Hamming selection of Psi
-    include_identity: bool = False  # force the identity order into Psi
-    permutation_file: str | None = None  # a saved set overrides count/criterion/seed
-    grey_prob: float = 0.3  # fraction of samples turned grey
-    colour_jitter: float = 0.2  # per-part (tile or frame) saturation/gamma jitter strength
-
-
-@dataclass
-class SpatialConfig(PermutationConfig):
-    grid: int = 3  # m: the image is cut into m x m cells
-    cell: int = 36  # cell size in px; the puzzle image is grid*cell px square
-    tile: int = 32  # tile cut from each cell (cell - tile = jitter range)
-
-
-@dataclass
-class TemporalConfig(PermutationConfig):
-    frames: int = 6  # u: frames per clip, shuffled by a permutation of Psi_T
-    frame_size: int = 48  # px: each frame is cropped and resized to this square size (48:
-    # pool5 keeps a 2 x 2 layout at conv1 stride 2; 32 px tiles give 1 x 1)
-    exclude_reversals: bool = True  # Psi_T never holds both psi and its reversal u-1-psi
-    stride_min: int = 1  # frames are taken every `stride` frames, stride drawn in min..max
-    stride_max: int = 4
-    crop_min: float = 0.6  # one random square crop per clip: side in crop_min..1 of the frame
-    permutation_seed: int = 1  # (a different Psi_T than Psi_S by default)
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000  # SGD iterations of the network
-    batch_size: int = 64  # global batch (split over torchrun processes)
-    optimizer: str = "adam"  # adam (AdamW) | sgd
-    lr: float = 1e-3  # peak learning rate
-    momentum: float = 0.9  # sgd only (adam is AdamW with its default betas)
-    weight_decay: float = 5e-4  # on weights, not biases or BatchNorm (AdamW: decoupled)
-    schedule: str = "cosine"  # constant | cosine | step
-    warmup_steps: int = 100  # linear learning-rate warm-up
-    step_size: int = 100_000  # for schedule=step: lr x0.1 every step_size steps
-    val_size: int = 0  # |X_val|: held-out items per task, excluded from training; 0 = 10 %
-    # of the source, at most 100, at least 4 (data.batches.validation_size)
-    val_every: int = 500  # held-out puzzle accuracy every N steps (0 = only at the end)
-    serial_switch: int = 0  # S&T: spatial alone until this step, then temporal (0 = S+T)
-    log_every: int = 20  # a metrics.jsonl line and the progress bar every N steps
-    checkpoint_every: int = 500  # a step checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 3  # step checkpoints kept besides checkpoint.pt
-    nan_policy: str = "stop"  # non-finite loss/gradient: stop | lower_lr (skip the step)
-    nan_lr_factor: float = 0.5  # lower_lr: multiply the learning rate by this
-    nan_max_skips: int = 5  # lower_lr: stop after this many skipped steps in a row
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast for the training forward on CUDA (no effect on CPU)
-    compile: bool = False  # torch.compile the model for training
-    float64: bool = False  # weights and arithmetic in float64 (CPU): for exactness checks such
-    # as 2 processes = 1 process, where float32 rounding flips ReLU/max-pool decisions
-    threads: int = 0  # torch intra-op threads (0 = torch default)
-
-
-@dataclass
-class EvalConfig:
-    input_size: int = 64  # evaluation images (paper: 227)
-    conv1_stride: int = 2  # paper: 4 on 227 px images, same weights as training
-    layer: str = "pool5"  # trunk block whose output is the retrieval feature
-    knn_every: int = 0  # retrieval during training every N steps (0 = never; Fig. 5)
-    knn_train: str = "demo-photos?subset=gallery"  # gallery source for knn_every
-    knn_test: str = "demo-photos?subset=query"  # query source for knn_every
-    precision: str = "float32"  # retrieval and probe features: float32 (exact) | bf16 (the
-    # trunk under bf16 autocast with NHWC tensors: faster on a GPU, similarities in float32)
-
-
-@dataclass
-class ReinforceConfig:
-    """The permutation policy (Sect. 3.2, design §5); each task has its own."""
-
-    sgd_steps: int = 100  # N: SGD iterations with the policy fixed between episodes
-    episode_batches: int = 5  # K: mini-batches of actions per episode
-    episode_actions: str = "sample"  # sample: a group per sample (K x B actions) | batch: a
-    # group per episode mini-batch (K actions) | episode: one group; policy and exp3 only
-    groups: int = 10  # |C|: k-means groups of Psi = the action space
-    reward_metric: str = "error"  # what the reward compares: error (0/1, Eq. 6: the paper's) |
-    # cross_entropy (mean) | log_ratio (mean log softmax ratio, Eq. 3); policy and exp3 only
-    reward_baseline: str = "extrapolated"  # extrapolated: E_BL of Eq. 7 (the paper's) | twin:
-    # a copy forked at the episode's start, trained on uniform draws of the same batches
-    hidden: int = 16  # policy MLP hidden units
-    lr: float = 1.0  # alpha of Eq. 9 (plain gradient steps on normalised advantages)
-    optimizer: str = "sgd"  # sgd (Eq. 9) | adam (permrl 0.1)
-    entropy_weight: float = 0.01  # beta: weight of the regulariser (-KL to the prior, or H)
-    advantage: str = "normalised"  # normalised: (R - b) / running spread | raw: R - b (Eq. 9)
-    prior: str = "psi"  # psi: untrained policy uniform over Psi, KL(q||pi) | groups: H (Eq. 9)
-    baseline_momentum: float = 0.9  # moving average of returns (and of their spread)
-    gamma: float = 0.0  # discount; 0 credits each episode with its own reward
-    horizon: int = 1  # episodes summed into a return when gamma > 0
-
-
-@dataclass
-class BanditConfig:
-    """The adaptive baselines (`policy: exp3 | hardness`); they use the policy's schedule and
-    groups (reinforce.sgd_steps, episode_batches, groups)."""
-
-    exploration: float = 0.05  # share of draws uniform over Psi (both baselines)
-    exp3_lr: float = 1.0  # eta of Exp3.S (Graves et al. 2017)
-    exp3_switch: float = 0.01  # alpha of Exp3.S: weight mass shared with the other groups
-    fixed_share: float = 0.5  # policy fixed: draws uniform over this hardest share of Psi
-
-
-@dataclass
-class Config:
-    preset: str = "cpu"  # the defaults this config starts from
-    seed: int = 0  # weights, data order, crops and draws: a run is a function of it
-    tasks: list[str] = field(default_factory=lambda: ["spatial"])  # S, T or both (S+T)
-    policy: str = "uniform"  # how permutations are drawn: uniform | reinforce (Sect. 3.2) |
-    # exp3 | hardness (adaptive baselines over the same groups, not in the paper) | fixed (the
-    # ceiling arm: always the hardest bandit.fixed_share of Psi, re-chosen at each state)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    spatial: SpatialConfig = field(default_factory=SpatialConfig)
-    temporal: TemporalConfig = field(default_factory=TemporalConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    bandit: BanditConfig = field(default_factory=BanditConfig)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -195,26 +59,239 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 TASKS = ("spatial", "temporal")  # the two ordering tasks, in canonical order
 ADAPTIVE_POLICIES = ("reinforce", "exp3", "hardness")  # samplers that act on groups of Psi
+POLICIES = ("uniform", *ADAPTIVE_POLICIES, "fixed")  # every value of `policy`
 
-CHOICES = {
-    "preset": tuple(PRESETS),
-    "tasks": TASKS,
-    "policy": ("uniform", *ADAPTIVE_POLICIES, "fixed"),
-    "reinforce.optimizer": ("sgd", "adam"),
-    "reinforce.advantage": ("normalised", "raw"),
-    "reinforce.prior": ("psi", "groups"),
-    "reinforce.episode_actions": ("sample", "batch", "episode"),
-    "reinforce.reward_baseline": ("extrapolated", "twin"),
-    "reinforce.reward_metric": ("error", "cross_entropy", "log_ratio"),
-    "spatial.criterion": ("maxmin", "maxmean"),
-    "temporal.criterion": ("maxmin", "maxmean"),
-    "train.optimizer": ("adam", "sgd"),
-    "train.schedule": ("constant", "cosine", "step"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.nan_policy": ("stop", "lower_lr"),
-    "eval.precision": ("float32", "bf16"),
-    "eval.layer": ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"),
-}
+BOUNDS = {"above": lambda v, b: v > b, "at_least": lambda v, b: v >= b,  # a key's bounds
+          "below": lambda v, b: v < b, "at_most": lambda v, b: v <= b}
+
+
+def key(default: Any, help: str, *, choices: tuple[str, ...] = (), above: float | None = None,
+        at_least: float | None = None, below: float | None = None,
+        at_most: float | None = None) -> Any:
+    """One config key: its default, its meaning (docs/config.md) and its allowed values, a
+    choice or bounds, checked on every load (`check_keys`)."""
+    meta = {"help": help, "choices": choices, "above": above, "at_least": at_least,
+            "below": below, "at_most": at_most}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def allowed(meta: Mapping[str, Any]) -> str:
+    """A key's allowed values in words: "one of a, b", "positive", ">= 0", "in 0..1",
+    "in (0, 1]", "below 1"; "" when any value of its type is."""
+    if meta.get("choices"):
+        return "one of " + ", ".join(meta["choices"])
+    above, at_least, below, at_most = (meta.get(k) for k in BOUNDS)
+    low = above if above is not None else at_least
+    high = below if below is not None else at_most
+    if low is not None and high is not None:
+        if above is None and below is None:
+            return f"in {low:g}..{high:g}"
+        return (f"in {'(' if above is not None else '['}{low:g}, "
+                f"{high:g}{')' if below is not None else ']'}")
+    if above is not None:
+        return "positive" if above == 0 else f"above {above:g}"
+    if at_least is not None:
+        return f">= {at_least:g}"
+    if below is not None:
+        return f"below {below:g}"
+    return "" if at_most is None else f"at most {at_most:g}"
+
+
+def check_keys(obj: Any, prefix: str = "") -> None:
+    """Every key of a (nested) config against its declared choices and bounds (`key`)."""
+    for f in dataclasses.fields(obj):
+        value, meta, name = getattr(obj, f.name), f.metadata, f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_keys(value, f"{name}.")
+        elif meta.get("choices"):
+            for v in value if isinstance(value, list) else [value]:
+                if v not in meta["choices"]:
+                    raise ConfigError(f"{name}: {v!r} is not one of {', '.join(meta['choices'])}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and not all(
+                meta.get(k) is None or test(value, meta[k]) for k, test in BOUNDS.items()):
+            raise ConfigError(f"{name}: must be {allowed(meta)}, got {value}")
+
+
+
+@dataclass
+class DataConfig:
+    images: str = key("demo", "image source for the spatial task, \"KIND:PATH\" (docs/data.md)")
+    videos: str = key("demo-videos", "video source for the temporal task")
+    workers: int = key(1, "DataLoader worker processes per task (0 = load in the main process)",
+                       at_least=0)
+    decode_threads: int = key(1, "FFmpeg threads per worker", above=0)
+    max_bad_fraction: float = key(0.1, "stop when more of the items read so far are unreadable",
+                                  at_least=0, at_most=1)
+
+
+@dataclass
+class ModelConfig:
+    width: float = key(0.25, "channel multiplier of CaffeNet (1.0 = paper)", above=0)
+    conv1_stride: int = key(2, "on puzzle tiles; evaluation has its own (eval.conv1_stride)",
+                            above=0)
+    fc6: int = key(256, "per-tile fc6 units", above=0)
+    fc7: int = key(1024, "fc7 units of the spatial head (over the concatenated tiles)", above=0)
+    lstm: int = key(256, "temporal head: LSTM hidden units", above=0)
+    dropout: float = key(0.1, "after fc6 and fc7 (paper preset: 0.5, as in the jigsaw network)",
+                         at_least=0, below=1)
+    channels_last: bool = key(True, "NHWC memory format (faster convolutions on CPU and GPU)")
+
+
+@dataclass
+class PermutationConfig:
+    """What both ordering tasks share: their own Psi and their own augmentation strength."""
+
+    permutations: int = key(100, "|Psi|", above=0)
+    criterion: str = key("maxmin", "Hamming selection: maxmin | maxmean", choices=CRITERIA)
+    permutation_seed: int = key(0, "seed of the greedy Hamming selection of Psi", at_least=0)
+    include_identity: bool = key(False, "force the identity order into Psi")
+    permutation_file: str | None = key(None, "a saved set overrides count/criterion/seed")
+    grey_prob: float = key(0.3, "fraction of samples turned grey", at_least=0, at_most=1)
+    colour_jitter: float = key(0.2, "per-part (tile or frame) saturation/gamma jitter strength",
+                               at_least=0)
+
+
+@dataclass
+class SpatialConfig(PermutationConfig):
+    grid: int = key(3, "m: the image is cut into m x m cells", above=0)
+    cell: int = key(36, "cell size in px; the puzzle image is grid*cell px square", above=0)
+    tile: int = key(32, "tile cut from each cell (cell - tile = jitter range)", above=0)
+
+
+@dataclass
+class TemporalConfig(PermutationConfig):
+    frames: int = key(6, "u: frames per clip, shuffled by a permutation of Psi_T", above=0)
+    frame_size: int = key(48, "px: each frame is cropped and resized to this square size (48: pool5"
+                          " keeps a 2 x 2 layout at conv1 stride 2; 32 px tiles give 1 x 1)",
+                          above=0)
+    exclude_reversals: bool = key(True, "Psi_T never holds both psi and its reversal u-1-psi")
+    stride_min: int = key(1, "frames are taken every `stride` frames, stride drawn in min..max",
+                          above=0)
+    stride_max: int = key(4, "upper end of the stride range", above=0)
+    crop_min: float = key(0.6, "one random square crop per clip: side in crop_min..1 of the frame",
+                          above=0, at_most=1)
+    permutation_seed: int = key(1, "(a different Psi_T than Psi_S by default)", at_least=0)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = key(2000, "SGD iterations of the network", above=0)
+    batch_size: int = key(64, "global batch (split over torchrun processes)", above=0)
+    optimizer: str = key("adam", "adam (AdamW) | sgd", choices=("adam", "sgd"))
+    lr: float = key(1e-3, "peak learning rate", above=0)
+    momentum: float = key(0.9, "sgd only (adam is AdamW with its default betas)", at_least=0)
+    weight_decay: float = key(5e-4, "on weights, not biases or BatchNorm (AdamW: decoupled)",
+                              at_least=0)
+    schedule: str = key("cosine", "constant | cosine | step",
+                        choices=("constant", "cosine", "step"))
+    warmup_steps: int = key(100, "linear learning-rate warm-up", at_least=0)
+    step_size: int = key(100_000, "for schedule=step: lr x0.1 every step_size steps", above=0)
+    val_size: int = key(0, "|X_val|: held-out items per task, excluded from training; 0 = 10 % of "
+                        "the source, at most 100, at least 4 (data.batches.validation_size)",
+                        at_least=0)
+    val_every: int = key(500, "held-out puzzle accuracy every N steps (0 = only at the end)",
+                         at_least=0)
+    serial_switch: int = key(0, "S&T: spatial alone until this step, then temporal (0 = S+T)",
+                             at_least=0)
+    log_every: int = key(20, "a metrics.jsonl line and the progress bar every N steps", above=0)
+    checkpoint_every: int = key(500, "a step checkpoint every N steps (and at the end)", above=0)
+    keep_checkpoints: int = key(3, "step checkpoints kept besides checkpoint.pt", above=0)
+    nan_policy: str = key("stop", "non-finite loss/gradient: stop | lower_lr (skip the step)",
+                          choices=("stop", "lower_lr"))
+    nan_lr_factor: float = key(0.5, "lower_lr: multiply the learning rate by this",
+                               above=0, below=1)
+    nan_max_skips: int = key(5, "lower_lr: stop after this many skipped steps in a row", above=0)
+    device: str = key("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    amp: bool = key(True, "bf16 autocast for the training forward on CUDA (no effect on CPU)")
+    compile: bool = key(False, "torch.compile the model for training")
+    float64: bool = key(False, "weights and arithmetic in float64 (CPU): for exactness checks such "
+                        "as 2 processes = 1 process, where float32 rounding flips ReLU/max-pool "
+                        "decisions")
+    threads: int = key(0, "torch intra-op threads (0 = torch default)", at_least=0)
+
+
+@dataclass
+class EvalConfig:
+    input_size: int = key(64, "evaluation images (paper: 227)", above=0)
+    conv1_stride: int = key(2, "paper: 4 on 227 px images, same weights as training", above=0)
+    layer: str = key("pool5", "trunk block whose output is the retrieval feature", choices=BLOCKS)
+    knn_every: int = key(0, "retrieval during training every N steps (0 = never; Fig. 5)",
+                         at_least=0)
+    knn_train: str = key("demo-photos?subset=gallery", "gallery source for knn_every")
+    knn_test: str = key("demo-photos?subset=query", "query source for knn_every")
+    precision: str = key("float32", "retrieval and probe features: float32 (exact) | bf16 (the "
+                         "trunk under bf16 autocast with NHWC tensors: faster on a GPU, "
+                         "similarities in float32)", choices=PRECISIONS)
+
+
+@dataclass
+class ReinforceConfig:
+    """The permutation policy (Sect. 3.2, design §5); each task has its own."""
+
+    sgd_steps: int = key(100, "N: SGD iterations with the policy fixed between episodes", above=0)
+    episode_batches: int = key(5, "K: mini-batches of actions per episode", above=0)
+    episode_actions: str = key("sample", "sample: a group per sample (K x B actions) | batch: a "
+                               "group per episode mini-batch (K actions) | episode: one group; "
+                               "policy and exp3 only", choices=EPISODE_ACTIONS)
+    groups: int = key(10, "|C|: k-means groups of Psi = the action space", above=0)
+    reward_metric: str = key("error", "what the reward compares: error (0/1, Eq. 6: the paper's) | "
+                             "cross_entropy (mean) | log_ratio (mean log softmax ratio, Eq. 3); "
+                             "policy and exp3 only", choices=REWARD_METRICS)
+    reward_baseline: str = key("extrapolated", "extrapolated: E_BL of Eq. 7 (the paper's) | twin: a"
+                               " copy forked at the episode's start, trained on uniform draws of "
+                               "the same batches", choices=REWARD_BASELINES)
+    hidden: int = key(16, "policy MLP hidden units", above=0)
+    lr: float = key(1.0, "alpha of Eq. 9 (plain gradient steps on normalised advantages)", above=0)
+    optimizer: str = key("sgd", "sgd (Eq. 9) | adam (permrl 0.1)", choices=OPTIMIZERS)
+    entropy_weight: float = key(0.01, "beta: weight of the regulariser (-KL to the prior, or H)",
+                                at_least=0)
+    advantage: str = key("normalised", "normalised: (R - b) / running spread | raw: R - b (Eq. 9)",
+                         choices=ADVANTAGES)
+    prior: str = key("psi", "psi: untrained policy uniform over Psi, KL(q||pi) | groups: H (Eq. 9)",
+                     choices=PRIORS)
+    baseline_momentum: float = key(0.9, "moving average of returns (and of their spread)",
+                                   at_least=0, below=1)
+    gamma: float = key(0.0, "discount; 0 credits each episode with its own reward",
+                       at_least=0, at_most=1)
+    horizon: int = key(1, "episodes summed into a return when gamma > 0", above=0)
+
+
+@dataclass
+class BanditConfig:
+    """The adaptive baselines (`policy: exp3 | hardness`); they use the policy's schedule and
+    groups (reinforce.sgd_steps, episode_batches, groups)."""
+
+    exploration: float = key(0.05, "share of draws uniform over Psi (both baselines)",
+                             at_least=0, at_most=1)
+    exp3_lr: float = key(1.0, "eta of Exp3.S (Graves et al. 2017)", above=0)
+    exp3_switch: float = key(0.01, "alpha of Exp3.S: weight mass shared with the other groups",
+                             at_least=0, at_most=1)
+    fixed_share: float = key(0.5, "policy fixed: draws uniform over this hardest share of Psi",
+                             above=0, at_most=1)
+
+
+@dataclass
+class Config:
+    preset: str = key("cpu", "the defaults this config starts from", choices=tuple(PRESETS))
+    seed: int = key(0, "weights, data order, crops and draws: a run is a function of it",
+                    at_least=0)
+    tasks: list[str] = key(["spatial"], "S, T or both (S+T)", choices=TASKS)
+    policy: str = key("uniform", "how permutations are drawn: uniform | reinforce (Sect. 3.2) | "
+                      "exp3 | hardness (adaptive baselines over the same groups, not in the paper)"
+                      " | fixed (the ceiling arm: always the hardest bandit.fixed_share of Psi, "
+                      "re-chosen at each state)", choices=POLICIES)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+
+
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -273,55 +350,10 @@ def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(full, value, hints[key]))
 
 
-def _positive(cfg: Config) -> list[str]:
-    return [
-        "model.conv1_stride", "model.fc6", "model.fc7", "model.lstm", "spatial.grid",
-        "spatial.cell", "spatial.tile", "spatial.permutations", "temporal.frames",
-        "temporal.frame_size",
-        "temporal.permutations", "temporal.stride_min", "temporal.stride_max",
-        "temporal.crop_min", "data.decode_threads", "train.steps", "train.batch_size",
-        "train.log_every", "reinforce.sgd_steps", "train.keep_checkpoints",
-        "train.nan_lr_factor", "train.nan_max_skips",
-        "reinforce.episode_batches", "reinforce.groups", "reinforce.hidden", "reinforce.lr",
-        "reinforce.horizon", "train.checkpoint_every", "train.step_size", "bandit.exp3_lr",
-        "eval.input_size", "eval.conv1_stride",
-    ]
-
-
 def validate(cfg: Config) -> Config:
-    """Cross-field checks; every failure is a one-line ConfigError naming the key."""
-    for key, allowed in CHOICES.items():
-        value = get(cfg, key)
-        for v in value if isinstance(value, list) else [value]:
-            if v not in allowed:
-                raise ConfigError(f"{key}: {v!r} is not one of {', '.join(allowed)}")
-    for key in _positive(cfg):
-        if get(cfg, key) <= 0:
-            raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
-    for key in ("data.workers", "train.val_size", "train.warmup_steps", "train.val_every",
-                "train.threads",
-                "train.serial_switch", "eval.knn_every", "reinforce.entropy_weight",
-                "reinforce.gamma",
-                "reinforce.baseline_momentum", "temporal.grey_prob", "temporal.colour_jitter",
-                "train.weight_decay", "train.momentum", "model.dropout",
-                "spatial.grey_prob", "spatial.colour_jitter"):
-        if get(cfg, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
-    for key in ("model.width", "train.lr"):
-        if get(cfg, key) <= 0:
-            raise ConfigError(f"{key}: must be positive, got {get(cfg, key)}")
-    for key in ("seed", "spatial.permutation_seed", "temporal.permutation_seed"):
-        if get(cfg, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {get(cfg, key)}")
-    if not 0 <= cfg.data.max_bad_fraction <= 1:
-        raise ConfigError(f"data.max_bad_fraction: must be in 0..1, got "
-                          f"{cfg.data.max_bad_fraction}")
-    if cfg.train.nan_lr_factor >= 1:
-        raise ConfigError(f"train.nan_lr_factor: must be below 1, got {cfg.train.nan_lr_factor}")
-    if cfg.model.dropout >= 1:
-        raise ConfigError(f"model.dropout: must be below 1, got {cfg.model.dropout}")
-    if cfg.spatial.grey_prob > 1:
-        raise ConfigError(f"spatial.grey_prob: must be at most 1, got {cfg.spatial.grey_prob}")
+    """Every key's choices and bounds (`check_keys`), then the checks that involve several
+    keys; every failure is a one-line ConfigError naming the key."""
+    check_keys(cfg)
     s = cfg.spatial
     if s.tile > s.cell:
         raise ConfigError(f"spatial.tile: {s.tile} px is larger than spatial.cell ({s.cell} px)")
@@ -353,17 +385,7 @@ def validate(cfg: Config) -> Config:
     if t.stride_min > t.stride_max:
         raise ConfigError(f"temporal.stride_min ({t.stride_min}) is larger than "
                           f"temporal.stride_max ({t.stride_max})")
-    if t.crop_min > 1 or t.grey_prob > 1:
-        raise ConfigError("temporal.crop_min and temporal.grey_prob must be at most 1")
-    for key in ("bandit.exploration", "bandit.exp3_switch"):
-        if not 0 <= get(cfg, key) <= 1:
-            raise ConfigError(f"{key}: must be in 0..1, got {get(cfg, key)}")
-    if not 0 < cfg.bandit.fixed_share <= 1:
-        raise ConfigError(f"bandit.fixed_share: must be in (0, 1], got {cfg.bandit.fixed_share}")
     r = cfg.reinforce
-    if r.gamma > 1 or r.baseline_momentum >= 1:
-        raise ConfigError("reinforce.gamma must be at most 1 and reinforce.baseline_momentum "
-                          "below 1")
     for task in cfg.tasks:
         if cfg.policy in ADAPTIVE_POLICIES and r.groups > getattr(cfg, task).permutations:
             raise ConfigError(f"reinforce.groups: {r.groups} groups exceed the "

@@ -156,6 +156,15 @@ BAD_OVERRIDES = [
     ("train=5", "train"),
     ("model.width=0", "model.width: must be positive, got 0"),
     ("train.lr=0", "train.lr: must be positive, got 0"),
+    # Each kind of declared bound, said in words (`config.allowed`):
+    ("bandit.fixed_share=0", "bandit.fixed_share: must be in (0, 1], got 0"),
+    ("model.dropout=1", "model.dropout: must be in [0, 1), got 1"),
+    ("data.max_bad_fraction=1.5", "data.max_bad_fraction: must be in 0..1, got 1.5"),
+    ("train.warmup_steps=-2", "train.warmup_steps: must be >= 0, got -2"),
+    ("reinforce.gamma=2", "reinforce.gamma: must be in 0..1, got 2"),
+    ("temporal.crop_min=1.5", "temporal.crop_min: must be in (0, 1], got 1.5"),
+    ("policy=greedy", "policy: 'greedy' is not one of uniform, reinforce, exp3, hardness, fixed"),
+    ("eval.precision=fp16", "eval.precision: 'fp16' is not one of float32, bf16"),
     ("tasks=[spatial, temporal", "quote the whole argument"),  # a shell-split list
     ("train.lr=.inf", "train.lr"),
     ("tasks=[]", "tasks"),

@@ -17,10 +17,24 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` but those under `if TYPE_CHECKING:` (never executed)."""
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def imports(path: Path, modules: set[str]) -> set[str]:
-    """The permrl modules `path` imports anywhere (a function's deferred import included)."""
+    """The permrl modules `path` imports when it runs (a function's deferred import included;
+    a type checker's import under `if TYPE_CHECKING:` left out)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [f"{node.module}.{a.name}" for a in node.names]
             found |= {n if n in modules else node.module for n in names}
@@ -70,6 +84,13 @@ def test_the_circle_finder_finds_a_circle_and_only_it():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert import_circles(graph) == [["a", "b", "c"]]
     assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_an_import_for_the_type_checker_is_not_a_runtime_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from typing import TYPE_CHECKING\nimport a\nif TYPE_CHECKING:\n"
+                      "    import b\nelse:\n    import c\ndef f():\n    import d\n")
+    assert imports(module, {"a", "b", "c", "d"}) == {"a", "c", "d"}
 
 
 def test_no_import_circle_in_the_package():

@@ -26,6 +26,7 @@ from permrl.data.samples import normalise_tiles
 from permrl.models.trunk import BLOCKS
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+BN_STATS: tuple[str, ...] = ("gallery", "stored")  # BN statistics re-estimated, or the trunk's
 PRECISIONS: tuple[str, ...] = ("float32", "bf16")
 """float32: exact features (the default, the numbers papers compare); bf16: the trunk under
 bf16 autocast with NHWC inputs and weights (fast on a GPU; similarities stay float32)."""
@@ -227,7 +228,7 @@ def check_feature_settings(layer: str, bn_stats: str) -> None:
     """ValueError unless `layer` is a trunk block and `bn_stats` is "gallery" or "stored"."""
     if layer not in BLOCKS:
         raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(BLOCKS)}")
-    if bn_stats not in ("gallery", "stored"):
+    if bn_stats not in BN_STATS:
         raise ValueError(f"bn_stats must be 'gallery' or 'stored', not {bn_stats!r}")
 
 

@@ -42,11 +42,11 @@ from permrl.models.build import build_model
 from permrl.models.heads import OrderingNet
 from permrl.policy.groups import PermutationGroups, group_permutations, hardest_first
 from permrl.policy.reinforce import reward
-from permrl.policy.samplers import reward_value
+from permrl.policy.samplers import REWARD_METRICS, reward_value
 from permrl.policy.state import NetworkState, compute_state
 from permrl.tasks import TaskData, prepare_task
 
-METRICS = ("error", "cross_entropy", "log_ratio")  # gains: -dE (Eq. 6), -dCE, +d mean log y_l
+METRICS = REWARD_METRICS  # as gains: -dE (Eq. 6), -dCE, +d mean log y_l
 BN_VARIANTS = ("stored", "reestimated")
 STREAM = 700  # random streams of the landscape (dropout, draws), apart from training's
 
