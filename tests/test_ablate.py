@@ -8,22 +8,19 @@ import math
 import statistics
 
 import pytest
+from tiny_config import tiny_overrides
 
 import permrl.ablate as ablate_module
 from permrl.ablate import ablate
 from permrl.config import ConfigError
 
-TINY = [
-    "data.images=dead-leaves?count=30&size=80", "data.workers=0",
-    "data.videos=demo-videos?count=20&frames=12&size=40", "model.width=0.125", "model.fc6=16",
-    "model.fc7=32", "model.lstm=16", "spatial.permutations=12", "temporal.frames=4",
-    "temporal.permutations=12", "temporal.stride_max=2", "train.batch_size=8",
-    "train.val_size=4", "train.val_every=0", "train.threads=1", "train.steps=4",
-    "train.log_every=1",
-    "reinforce.sgd_steps=1", "reinforce.episode_batches=1", "reinforce.groups=3",
+TINY = tiny_overrides(
+    "data.images=dead-leaves?count=30&size=80",
+    "data.videos=demo-videos?count=20&frames=12&size=40", "train.steps=4", "train.log_every=1",
+    "reinforce.sgd_steps=1", "reinforce.episode_batches=1",
     "eval.knn_train=demo-photos?subset=gallery&crops=3",
-    "eval.knn_test=demo-photos?subset=query&crops=2",
-]
+    "eval.knn_test=demo-photos?subset=query&crops=2", "spatial.grid=3", "train.warmup_steps=100"
+)
 
 
 def test_ablation_table_resume_and_layout(tmp_path, monkeypatch):

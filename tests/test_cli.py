@@ -10,17 +10,16 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_config import tiny_overrides
 
 from permrl.cli import main
 from permrl.config import load_config
 from permrl.permutations import hamming_stats, load_permutations
 
-TINY = [
-    "--set", "data.workers=0", "--set", "model.width=0.125", "--set", "model.fc6=16",
-    "--set", "model.fc7=32", "--set", "spatial.permutations=6", "--set", "train.batch_size=8",
-    "--set", "train.val_size=4", "--set", "train.steps=2", "--set", "train.threads=1",
-    "--set", "data.images=dead-leaves?count=30&size=120",
-]
+TINY = [a for o in tiny_overrides(
+    "spatial.permutations=6", "train.steps=2", "data.images=dead-leaves?count=30&size=120",
+    "spatial.grid=3", "train.warmup_steps=100", "reinforce.groups=10"
+) for a in ("--set", o)]
 
 
 STARTUP = re.compile(r"permrl: (spatial|temporal): \d+ permutations; opening ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_config import tiny_overrides
 
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
@@ -18,17 +19,11 @@ from permrl.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-TINY = [
-    "data.images=dead-leaves?count=40&size=80", "data.workers=0",
-    "data.videos=demo-videos?count=24&frames=12&size=40",
-    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16", "model.dropout=0.0",
-    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
-    "temporal.frames=4", "temporal.permutations=12", "temporal.stride_max=2",
-    "train.batch_size=8", "train.val_size=8", "train.warmup_steps=0", "train.val_every=0",
-    "train.schedule=constant", "train.optimizer=sgd", "train.lr=0.003",
-    "tasks=[spatial, temporal]", "policy=reinforce", "reinforce.sgd_steps=2",
-    "reinforce.episode_batches=1",
-]
+TINY = tiny_overrides(
+    "model.dropout=0.0", "train.val_size=8", "train.schedule=constant", "train.optimizer=sgd",
+    "train.lr=0.003", "tasks=[spatial, temporal]", "policy=reinforce", "reinforce.sgd_steps=2",
+    "reinforce.episode_batches=1", "reinforce.groups=10"
+)
 
 
 def test_s_plus_t_plus_p_trains_on_cuda_with_bf16(tmp_path):

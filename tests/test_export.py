@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+from tiny_config import tiny_overrides
 from torch import nn
 
 from permrl.config import load_config
@@ -22,14 +23,10 @@ from permrl.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
-TINY = [
-    "data.images=dead-leaves?count=40&size=80",
-    "data.workers=0",
-    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.0",
-    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=4",
-    "train.batch_size=8", "train.val_size=8", "train.warmup_steps=0", "train.steps=2",
-    "train.log_every=1", "train.val_every=0", "train.threads=1",
-]
+TINY = tiny_overrides(
+    "model.dropout=0.0", "spatial.permutations=4", "train.val_size=8", "train.steps=2",
+    "train.log_every=1", "reinforce.groups=10"
+)
 
 
 def randomise_bn(model: nn.Module, seed: int = 0) -> None:

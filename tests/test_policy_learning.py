@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_config import tiny_overrides
 
 from permrl.checkpoint import load_checkpoint
 from permrl.cli import main
@@ -13,14 +14,10 @@ from permrl.config import ConfigError, load_config
 from permrl.policy_learning import probe_config
 from permrl.train import train
 
-TINY = [
-    "data.images=dead-leaves?count=40&size=80", "data.workers=0",
-    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.2",
-    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
-    "train.batch_size=8", "train.val_size=4", "train.warmup_steps=2", "train.log_every=1",
-    "train.val_every=0", "train.threads=1", "reinforce.sgd_steps=2",
-    "reinforce.episode_batches=1", "reinforce.groups=3", "train.steps=6",
-]
+TINY = tiny_overrides(
+    "model.dropout=0.2", "train.warmup_steps=2", "train.log_every=1", "reinforce.sgd_steps=2",
+    "reinforce.episode_batches=1", "train.steps=6"
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+from tiny_config import tiny_overrides
 
 import permrl.checkpoint as checkpoint_module
 import permrl.train as train_module
@@ -19,14 +20,11 @@ from permrl.checkpoint import CheckpointError, load_checkpoint, step_files
 from permrl.config import load_config
 from permrl.train import RunError, train
 
-TINY = [
-    "data.images=dead-leaves?count=60&size=80", "data.workers=1",
-    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.3",
-    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
-    "train.batch_size=8", "train.val_size=4", "train.warmup_steps=0", "train.log_every=1",
-    "train.val_every=5", "train.threads=1", "policy=reinforce", "reinforce.sgd_steps=3",
-    "reinforce.episode_batches=2", "reinforce.groups=3",
-]
+TINY = tiny_overrides(
+    "data.images=dead-leaves?count=60&size=80", "data.workers=1", "model.dropout=0.3",
+    "train.log_every=1", "train.val_every=5", "policy=reinforce", "reinforce.sgd_steps=3",
+    "reinforce.episode_batches=2"
+)
 
 
 def command(run_dir, steps: int, *extra: str) -> list[str]:

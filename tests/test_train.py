@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_config import tiny_overrides
 
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
@@ -16,14 +17,10 @@ from permrl.data.samples import geometry_of
 from permrl.permutations import permutation_checksum
 from permrl.train import RunError, train
 
-TINY = [
-    "data.images=dead-leaves?count=120&size=80",
-    "data.workers=0",
-    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.0",
-    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=4",
-    "train.batch_size=16", "train.val_size=8", "train.warmup_steps=0",
-    "train.log_every=2", "train.val_every=0", "train.threads=1",
-]
+TINY = tiny_overrides(
+    "data.images=dead-leaves?count=120&size=80", "model.dropout=0.0", "spatial.permutations=4",
+    "train.batch_size=16", "train.val_size=8", "train.log_every=2", "reinforce.groups=10"
+)
 
 
 def tiny(*extra: str):

@@ -8,21 +8,17 @@ import av
 import numpy as np
 import pytest
 import torch
+from tiny_config import tiny_overrides
 
 from permrl.checkpoint import load_checkpoint
 from permrl.config import load_config
 from permrl.evaluate.run import knn, load_trunk
 from permrl.train import RunError, train
 
-TINY = [
-    "data.images=dead-leaves?count=40&size=80", "data.workers=0",
-    "data.videos=demo-videos?count=24&frames=12&size=40",
-    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16", "model.dropout=0.0",
-    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=4",
-    "temporal.frames=4", "temporal.permutations=5", "temporal.stride_max=2",
-    "train.batch_size=8", "train.val_size=4", "train.warmup_steps=0", "train.log_every=1",
-    "train.val_every=0", "train.threads=1", "train.schedule=constant",
-]
+TINY = tiny_overrides(
+    "model.dropout=0.0", "spatial.permutations=4", "temporal.permutations=5", "train.log_every=1",
+    "train.schedule=constant", "reinforce.groups=10"
+)
 
 
 def tiny(*extra: str):

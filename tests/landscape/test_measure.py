@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_config import tiny_overrides
 
 from permrl.checkpoint import load_checkpoint
 from permrl.cli import main
@@ -25,13 +26,10 @@ from permrl.landscape.measure import (
 from permrl.policy.groups import PermutationGroups
 from permrl.train import train
 
-TINY = [
-    "data.images=dead-leaves?count=60&size=80", "data.workers=0",
-    "model.width=0.125", "model.fc6=16", "model.fc7=32", "model.dropout=0.3",
-    "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
-    "train.batch_size=8", "train.val_size=8", "train.warmup_steps=0", "train.steps=6",
-    "train.val_every=0", "train.threads=1", "reinforce.sgd_steps=3", "reinforce.groups=3",
-]
+TINY = tiny_overrides(
+    "data.images=dead-leaves?count=60&size=80", "model.dropout=0.3", "train.val_size=8",
+    "train.steps=6", "reinforce.sgd_steps=3"
+)
 
 
 @pytest.fixture(scope="module")

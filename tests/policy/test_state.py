@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_config import tiny_overrides
 
 from permrl.config import load_config
 from permrl.models.build import build_model
 from permrl.permutations import select_permutations
 from permrl.policy.state import NetworkState, compute_state, naive_state, softmax_ratio
 
-TINY = ["model.width=0.125", "model.fc6=16", "model.fc7=32", "model.lstm=16",
-        "spatial.cell=32", "spatial.tile=32", "temporal.frame_size=32",
-        "tasks=[spatial, temporal]"]
+TINY = tiny_overrides(
+    "spatial.cell=32", "temporal.frame_size=32", "tasks=[spatial, temporal]", "spatial.grid=3",
+    "spatial.permutations=100", "temporal.frames=6", "temporal.permutations=100"
+)
 
 
 def ratio_of(probs: list[float], label: int) -> float:
