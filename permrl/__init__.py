@@ -9,6 +9,7 @@ your own with the paper's policy choosing the permutations, and README "Use as a
     tiles = permrl.make_tiles(uint8_images, permrl.PuzzleGeometry(3, 36, 32))
     puzzles = permrl.shuffle_tiles(tiles, psi, perm_index)        # Eq. 1
     state = permrl.compute_state(net, "spatial", val_tiles, psi)  # s of Eq. 3-6
+    state = permrl.state_from_features(my_head, my_val_features, psi)  # the same, own network
 """
 
 __version__ = "0.2.0.dev0"  # also the package version (pyproject.toml reads it)
@@ -28,7 +29,12 @@ from permrl.policy.cycle import Cycle  # noqa: E402
 from permrl.policy.groups import group_permutations, policy_input  # noqa: E402
 from permrl.policy.reinforce import Reinforce, extrapolated_error, reward  # noqa: E402
 from permrl.policy.samplers import GroupSampler, UniformSampler  # noqa: E402
-from permrl.policy.state import NetworkState, compute_state, softmax_ratio  # noqa: E402
+from permrl.policy.state import (  # noqa: E402
+    NetworkState,
+    compute_state,
+    softmax_ratio,
+    state_from_features,
+)
 from permrl.policy.twin import PairedTwin  # noqa: E402
 
 __all__ = [
@@ -36,5 +42,5 @@ __all__ = [
     "GroupSampler", "PuzzleGeometry", "Reinforce", "SpatialHead", "TemporalHead",
     "UniformSampler", "UserError", "compute_state", "extrapolated_error", "group_permutations",
     "load_permutations", "make_clip_frames", "make_tiles", "policy_input", "reward",
-    "select_permutations", "shuffle_tiles", "softmax_ratio",
+    "select_permutations", "shuffle_tiles", "softmax_ratio", "state_from_features",
 ]

@@ -115,6 +115,12 @@ def select_permutations(
     ``exclude_reversals``: once a permutation is chosen its reversal twin ``size - 1 - psi``
     (``reversal_twins``) is never chosen; then at most ``size! / 2`` can be chosen.
     Returns an int64 array ``(count, size)``.
+
+    >>> select_permutations(4, 3, seed=0)  # 4 of the 3! orders of 3 parts
+    array([[2, 0, 1],
+           [0, 1, 2],
+           [1, 2, 0],
+           [0, 2, 1]])
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 import permrl
 
@@ -24,3 +28,14 @@ def test_the_custom_loop_example_trains_and_its_policy_gets_rewards():
 def test_the_package_exports_its_building_blocks():
     assert all(hasattr(permrl, name) for name in permrl.__all__)
     assert permrl.Cycle(3, 2).phase(3) == "episode_start"
+
+
+@pytest.mark.parametrize("module", [
+    "permrl.permutations", "permrl.data.samples", "permrl.models.heads", "permrl.policy.state",
+    "permrl.policy.groups", "permrl.policy.reinforce", "permrl.policy.cycle",
+    "permrl.policy.samplers"])
+def test_the_usage_examples_in_the_docstrings_run(module):
+    result = doctest.testmod(importlib.import_module(module),
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+

@@ -176,6 +176,10 @@ def make_tiles(
     `train=False` gives the deterministic validation view (centred tiles, no jitter, no grey).
     This part does not depend on the permutation, so it can run in DataLoader workers. `draw`:
     which rows of a larger batch's random draws these images take (default: all B).
+
+    >>> images = torch.zeros(8, 3, 72, 72, dtype=torch.uint8)  # 2 x 2 cells of 36 px
+    >>> make_tiles(images, PuzzleGeometry(grid=2, cell=36, tile=32)).shape
+    torch.Size([8, 4, 3, 32, 32])
     """
     b, _, h, w = images.shape
     g = geometry
@@ -204,7 +208,13 @@ def make_tiles(
 def shuffle_tiles(
     tiles: torch.Tensor, permutations: torch.Tensor, perm_index: torch.Tensor
 ) -> torch.Tensor:
-    """Eq. 1: output position k of sample b holds tile permutations[perm_index[b], k]."""
+    """Eq. 1: output position k of sample b holds tile permutations[perm_index[b], k].
+
+    >>> tiles = torch.arange(4.0).view(1, 4, 1, 1, 1)  # one sample, tiles 0..3
+    >>> psi = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    >>> shuffle_tiles(tiles, psi, torch.tensor([1])).flatten()  # the puzzle; its class is 1
+    tensor([3., 2., 1., 0.])
+    """
     order = permutations.to(tiles.device).long()[perm_index.to(tiles.device)]  # (B, n)
     batch_idx = torch.arange(tiles.shape[0], device=tiles.device)[:, None]
     return tiles[batch_idx, order]  # whole tiles are copied (~10x faster than take_along_dim)

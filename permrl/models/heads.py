@@ -190,6 +190,15 @@ class OrderingNet(nn.Module):
     `logits(task, parts)`: (B, n, 3, t, t) tiles or frames -> (B, |Psi_task|) logits; all B*n
     parts go through the trunk in one call. `forward({task: parts})` does it for every task of a
     step (S+T), so DistributedDataParallel sees one forward per backward.
+
+    >>> from permrl.models.trunk import CaffeNetBN
+    >>> trunk = CaffeNetBN(width=0.125, conv1_stride=2)
+    >>> c, h, w = trunk.output_shape(32)  # pool5 of a 32 px tile
+    >>> net = OrderingNet(trunk, {"spatial": SpatialHead(c * h * w, num_tiles=4,
+    ...                                                  num_permutations=24, fc6_dim=16,
+    ...                                                  fc7_dim=32)})
+    >>> net.logits("spatial", torch.randn(8, 4, 3, 32, 32)).shape  # 8 puzzles of 4 tiles
+    torch.Size([8, 24])
     """
 
     def __init__(

@@ -19,6 +19,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Cycle:
+    """The N + K schedule: `phase(done)` after `done` iterations, `updates(steps)` in a run.
+
+    >>> cycle = Cycle(sgd_steps=100, episode_batches=5)
+    >>> [cycle.phase(done) for done in (99, 100, 104, 105)]
+    [None, 'episode_start', None, 'episode_end']
+    >>> cycle.updates(range(1000))  # episodes that end within 1000 iterations
+    9
+    """
+
     sgd_steps: int  # N
     episode_batches: int  # K
 

@@ -33,7 +33,15 @@ class PermutationGroups:
 def group_permutations(
     ratios: np.ndarray, num_groups: int, seed: int, n_init: int = 10
 ) -> PermutationGroups:
-    """K-means (seeded) on the rows of s (|Psi|, |X_val|); groups sorted hardest first."""
+    """K-means (seeded) on the rows of s (|Psi|, |X_val|); groups sorted hardest first.
+
+    >>> ratios = np.array([[0.6, 0.7], [0.65, 0.6], [1.8, 1.9], [1.7, 2.0]])  # 4 perms x 2
+    >>> groups = group_permutations(ratios, num_groups=2, seed=0)
+    >>> groups.assignment.tolist(), groups.sizes.tolist()  # the hard pair is group 0
+    ([0, 0, 1, 1], [2, 2])
+    >>> policy_input(groups, 4)  # s_hat of Eq. 10: [|c_j| / |Psi|, median_j] per group
+    tensor([0.5000, 0.6250, 0.5000, 1.8500])
+    """
     ratios = np.asarray(ratios, dtype=np.float64)
     num_perms = ratios.shape[0]
     if not 1 <= num_groups <= num_perms:

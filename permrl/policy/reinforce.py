@@ -43,6 +43,9 @@ def extrapolated_error(history: Sequence[tuple[int, float]], iteration: int) -> 
 
     E_BL = E_t + (E_t - E_prev) * (iteration - i_t) / (i_t - i_prev); with evenly spaced
     validations this is the paper's 2 E_t - E_{t-1} (Eq. 7). None until two errors exist.
+
+    >>> round(extrapolated_error([(10, 0.8), (20, 0.6)], 25), 6)  # the trend, 5 steps on
+    0.5
     """
     if len(history) < 2:
         return None
@@ -55,7 +58,11 @@ def extrapolated_error(history: Sequence[tuple[int, float]], iteration: int) -> 
 def reward(
     history: Sequence[tuple[int, float]], iteration: int, error_after: float
 ) -> float | None:
-    """Eq. 7: r_t = E_BL - E_{t+1}; `error_after` is E_{t+1}, measured at `iteration`."""
+    """Eq. 7: r_t = E_BL - E_{t+1}; `error_after` is E_{t+1}, measured at `iteration`.
+
+    >>> round(reward([(10, 0.8), (20, 0.6)], 25, error_after=0.45), 6)  # beat the trend
+    0.05
+    """
     baseline = extrapolated_error(history, iteration)
     return None if baseline is None else baseline - error_after
 

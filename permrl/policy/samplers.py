@@ -111,6 +111,21 @@ class GroupSampler:
     (the paper's), or "twin", the value of a paired twin forked at the episode's start and
     trained on uniform draws of the same batches (`permrl.policy.twin`), passed to
     `reward`: r = value(twin) - value(policy), positive when the episode beat uniform.
+
+    >>> from permrl.policy.reinforce import Reinforce
+    >>> from permrl.policy.state import NetworkState
+    >>> sampler = GroupSampler(6, Reinforce(num_groups=2, seed=0), num_groups=2, seed=0)
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> sampler.draw(4, gen)  # uniform over Psi until the first state
+    tensor([2, 3, 5, 0])
+    >>> ratios = torch.tensor([[.6, .7], [.6, .6], [.7, .6], [1.8, 1.9], [1.7, 2.], [1.9, 1.8]])
+    >>> predicted = torch.tensor([[1, 1], [0, 0], [0, 0], [3, 4], [4, 4], [5, 5]])
+    >>> sampler.regroup(100, NetworkState.from_matrices(ratios, predicted))  # Eq. 10
+    >>> sampler.groups.assignment.tolist()  # group 0: the three hard permutations
+    [0, 0, 0, 1, 1, 1]
+    >>> sampler.begin_episode()
+    >>> perms = sampler.draw(8, gen)  # a group from pi(. | s_hat), a permutation inside it
+    >>> sampler.record(perms)  # what the episode trained on: its actions for Eq. 9
     """
 
     def __init__(self, num_permutations: int, learner: GroupLearner, num_groups: int,

@@ -1,7 +1,8 @@
 """The network state of Sect. 3.2: softmax ratios (Eq. 3), state matrix (Eq. 4), error (Eq. 6).
 
 `compute_state` is the exact, cheap path of design §6: trunk + fc6 run once per validation tile
-(frame); every permutation then only re-indexes the cached fc6 features inside the head.
+(frame); every permutation then only re-indexes the cached fc6 features inside the head
+(`state_from_features`, which any head and features of one's own can use).
 `sharded_state` splits X_val across torchrun's processes (bitwise the one-process state).
 `naive_state` is the reference: shuffle the parts by every permutation and run the whole model.
 Both run in eval mode, so they agree to float tolerance.
@@ -29,6 +30,9 @@ def softmax_ratio(logits: Tensor, labels: Tensor) -> Tensor:
     """Eq. 3: y_l = (y*_l + 1) / (y*_p + 1), p the highest class other than l; (N, C) -> (N,).
 
     0.5 <= y_l <= 2, and y_l > 1 iff l is the unique argmax of the softmax y* (Eq. 2).
+
+    >>> softmax_ratio(torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]]), torch.tensor([0, 0]))
+    tensor([1.3378, 0.6546])
     """
     probs = torch.softmax(logits.float(), dim=-1)  # Eq. 2
     labels = labels.to(probs.device).long().view(-1, 1)
@@ -81,6 +85,50 @@ def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.dev
     return torch.device(device) if device is not None else next(model.parameters()).device
 
 
+def state_matrices(head: nn.Module, features: Tensor, permutations: Tensor,
+                   permutation_chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """(ratios, predicted, cross-entropies), each (|Psi|, V) on the CPU, of a head on cached
+    per-part features (V, n, D) under every permutation (Eq. 3, 4): one head call per chunk of
+    `permutation_chunk` permutations, each only re-indexing the features. Call it in eval mode
+    without gradients (`state_from_features` does)."""
+    device = features.device
+    perms = permutations.long().to(device)
+    num_perms, num_val = perms.shape[0], features.shape[0]
+    ratios = torch.empty(num_perms, num_val)
+    predicted = torch.empty(num_perms, num_val, dtype=torch.long)
+    cross_entropy = torch.empty(num_perms, num_val)
+    for p0 in range(0, num_perms, permutation_chunk):
+        psi = perms[p0 : p0 + permutation_chunk]
+        logits = head.permutation_logits(features, psi, permutation_chunk)  # (v, p, C)
+        labels = torch.arange(p0, p0 + psi.shape[0], device=device).expand(num_val, -1)
+        flat, flat_labels = logits.flatten(0, 1), labels.flatten()
+        ratios[p0 : p0 + psi.shape[0]] = softmax_ratio(flat, flat_labels).view_as(labels).T.cpu()
+        cross_entropy[p0 : p0 + psi.shape[0]] = (
+            pair_cross_entropy(flat, flat_labels).view_as(labels).T.cpu())
+        predicted[p0 : p0 + psi.shape[0]] = flat.argmax(dim=1).view_as(labels).T.cpu()
+    return ratios, predicted, cross_entropy
+
+
+def state_from_features(head: nn.Module, features: Tensor, permutations: Tensor, *,
+                        permutation_chunk: int = 256) -> NetworkState:
+    """The state s (Eq. 3, 4, 6) of any head with `permutation_logits(features, psi, chunk)`
+    (`SpatialHead`, `TemporalHead`, or a user's own) from the per-part features of X_val
+    (V, n, D) it was given once, e.g. from a network of one's own:
+
+        feats = my_trunk_and_fc6(val_tiles)             # (V, n, D), no shuffling
+        state = permrl.state_from_features(my_head, feats, psi)
+
+    The head runs in eval mode without gradients (its mode is restored)."""
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.no_grad():
+            return NetworkState.from_matrices(*state_matrices(head, features, permutations,
+                                                               permutation_chunk))
+    finally:
+        head.train(was_training)
+
+
 def compute_state(
     model: nn.Module,
     task: str,
@@ -91,7 +139,8 @@ def compute_state(
     permutation_chunk: int = 256,
     device: torch.device | str | None = None,
 ) -> NetworkState:
-    """Exact state from cached fc6 features (design §6); memory bounded by the two chunk sizes.
+    """Exact state of an `OrderingNet`-shaped model (`part_features`, `heads`) from cached fc6
+    features (design §6); memory bounded by the two chunk sizes.
 
     val_parts: (|X_val|, n, 3, t, t) unshuffled tiles (frames); permutations: (|Psi|, n).
     One head call per (sample chunk, permutation chunk): at most sample_chunk x
@@ -101,33 +150,19 @@ def compute_state(
     preset, 32 s vs 50 s at `paper`, |Psi| = 1000, |X_val| = 100, 2 cores).
     """
     device = _device_of(model, device)
-    head = model.heads[task]
-    perms = permutations.long().to(device)
-    num_perms, num_val = perms.shape[0], val_parts.shape[0]
-    ratios = torch.empty(num_perms, num_val)
-    predicted = torch.empty(num_perms, num_val, dtype=torch.long)
-    cross_entropy = torch.empty(num_perms, num_val)
+    empty = torch.empty(permutations.shape[0], 0)  # a process with no share of X_val
+    chunks = [(empty, empty.long(), empty)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for v0 in range(0, num_val, sample_chunk):
+            for v0 in range(0, val_parts.shape[0], sample_chunk):
                 feats = model.part_features(task, val_parts[v0 : v0 + sample_chunk].to(device))
-                v1 = v0 + feats.shape[0]
-                for p0 in range(0, num_perms, permutation_chunk):
-                    psi = perms[p0 : p0 + permutation_chunk]
-                    logits = head.permutation_logits(feats, psi, permutation_chunk)  # (v, p, C)
-                    labels = torch.arange(p0, p0 + psi.shape[0], device=device)
-                    labels = labels.expand(feats.shape[0], -1)
-                    flat, flat_labels = logits.flatten(0, 1), labels.flatten()
-                    r = softmax_ratio(flat, flat_labels).view_as(labels)
-                    ratios[p0 : p0 + psi.shape[0], v0:v1] = r.T.cpu()
-                    ce = pair_cross_entropy(flat, flat_labels).view_as(labels)
-                    cross_entropy[p0 : p0 + psi.shape[0], v0:v1] = ce.T.cpu()
-                    top = flat.argmax(dim=1).view_as(labels)
-                    predicted[p0 : p0 + psi.shape[0], v0:v1] = top.T.cpu()
+                chunks.append(state_matrices(model.heads[task], feats, permutations,
+                                             permutation_chunk))
     finally:
         model.train(was_training)
+    ratios, predicted, cross_entropy = (torch.cat(m, dim=1) for m in zip(*chunks, strict=True))
     return NetworkState.from_matrices(ratios, predicted, cross_entropy)
 
 

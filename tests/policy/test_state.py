@@ -9,7 +9,13 @@ from tiny_config import tiny_overrides
 from permrl.config import load_config
 from permrl.models.build import build_model
 from permrl.permutations import select_permutations
-from permrl.policy.state import NetworkState, compute_state, naive_state, softmax_ratio
+from permrl.policy.state import (
+    NetworkState,
+    compute_state,
+    naive_state,
+    softmax_ratio,
+    state_from_features,
+)
 
 TINY = tiny_overrides(
     "spatial.cell=32", "temporal.frame_size=32", "tasks=[spatial, temporal]", "spatial.grid=3",
@@ -102,6 +108,18 @@ def test_compute_state_equals_naive_state(task, extra):
         assert fast.error == pytest.approx(naive.error, abs=1e-12)
         assert torch.equal(fast.per_permutation_error, naive.per_permutation_error)
         assert (fast.cross_entropy - naive.cross_entropy).abs().max().item() <= 1e-5
+    # A head and features computed once (a user's own network's, say) give the same state.
+    with torch.no_grad():
+        model.eval()
+        feats = model.part_features(task, val)
+        model.train()
+    head = model.heads[task]
+    from_features = state_from_features(head, feats, perms, permutation_chunk=5)
+    assert head.training  # flag restored
+    assert (from_features.ratios - naive.ratios).abs().max().item() <= 1e-5
+    assert torch.equal(from_features.correct, naive.correct)
+    empty = compute_state(model, task, val[:0], perms)  # a process without a share of X_val
+    assert empty.ratios.shape == (len(perms), 0)
     model.eval()
     compute_state(model, task, val, perms)
     assert not model.training
