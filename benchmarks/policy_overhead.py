@@ -6,7 +6,7 @@ Both runs use the same seed, data (`demo?count=1000`, rendered once before timin
 DataLoader worker and no periodic validation (one final validation each), so the difference
 is what the policy adds: two exact states per cycle (design §6), k-means, the REINFORCE update.
 The paper reports about 1.4 (40% extra training time); this project's target is <= 1.10.
-A third run prices the paired twin (`reinforce.reward_baseline: twin`): K more SGD steps and
+A third run prices the paired twin (`cycle.reward_baseline: twin`): K more SGD steps and
 one more state per cycle, and the fork of the weights and optimiser at each episode's start.
 """
 
@@ -46,7 +46,7 @@ if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
     s_seconds, _ = timed_run("uniform", args.steps)
     p_seconds, episodes = timed_run("reinforce", args.steps)
-    t_seconds, _ = timed_run("reinforce", args.steps, "reinforce.reward_baseline=twin")
+    t_seconds, _ = timed_run("reinforce", args.steps, "cycle.reward_baseline=twin")
     print(f"S   (uniform permutations): {s_seconds:.1f} s")
     print(f"S+P (REINFORCE policy):     {p_seconds:.1f} s, {len(episodes)} episodes")
     print(f"S+P with the paired twin:   {t_seconds:.1f} s")

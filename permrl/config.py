@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "val_every": 5000, "checkpoint_every": 5000, "log_every": 50,
         },
         "eval": {"input_size": 227, "conv1_stride": 4},
-        "reinforce": {"sgd_steps": 500, "episode_batches": 10},
+        "cycle": {"sgd_steps": 500, "episode_batches": 10},
         "data": {"workers": 8},
     },
 }
@@ -227,8 +228,9 @@ class EvalConfig:
 
 
 @dataclass
-class ReinforceConfig:
-    """The permutation policy (Sect. 3.2, design §5); each task has its own."""
+class CycleConfig:
+    """The cycle of Sect. 3.2 (design §5) for every adaptive sampler (reinforce, exp3, hardness,
+    fixed): N, K, the groups |C| that are its actions, and what an episode's reward compares."""
 
     sgd_steps: int = key(100, "N: SGD iterations with the policy fixed between episodes", above=0)
     episode_batches: int = key(5, "K: mini-batches of actions per episode", above=0)
@@ -242,6 +244,12 @@ class ReinforceConfig:
     reward_baseline: str = key("extrapolated", "extrapolated: E_BL of Eq. 7 (the paper's) | twin: a"
                                " copy forked at the episode's start, trained on uniform draws of "
                                "the same batches", choices=REWARD_BASELINES)
+
+
+@dataclass
+class ReinforceConfig:
+    """The REINFORCE learner of pi (Eq. 8-9); each task has its own."""
+
     hidden: int = key(16, "policy MLP hidden units", above=0)
     lr: float = key(1.0, "alpha of Eq. 9 (plain gradient steps on normalised advantages)", above=0)
     optimizer: str = key("sgd", "sgd (Eq. 9) | adam (permrl 0.1)", choices=OPTIMIZERS)
@@ -261,7 +269,7 @@ class ReinforceConfig:
 @dataclass
 class BanditConfig:
     """The adaptive baselines (`policy: exp3 | hardness`); they use the policy's schedule and
-    groups (reinforce.sgd_steps, episode_batches, groups)."""
+    groups (cycle.sgd_steps, episode_batches, groups)."""
 
     exploration: float = key(0.05, "share of draws uniform over Psi (both baselines)",
                              at_least=0, at_most=1)
@@ -288,6 +296,7 @@ class Config:
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cycle: CycleConfig = field(default_factory=CycleConfig)
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
     bandit: BanditConfig = field(default_factory=BanditConfig)
 
@@ -331,6 +340,27 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise AssertionError(f"unhandled type {hint} for {key}")
+
+
+RENAMED = {f"reinforce.{k}": f"cycle.{k}" for k in (  # permrl 0.2's names, until 0.4
+    "sgd_steps", "episode_batches", "groups", "episode_actions", "reward_metric",
+    "reward_baseline")}
+
+
+def renamed(values: dict[str, Any], where: str | None) -> dict[str, Any]:
+    """`values` with the keys of RENAMED under their new names; each said in one line on
+    stderr naming `where` they came from (None: silently, e.g. a checkpoint's own config)."""
+    old = values.get("reinforce")
+    moved = {k: v for k, v in old.items() if f"reinforce.{k}" in RENAMED} if isinstance(
+        old, dict) else {}
+    if not moved:
+        return values
+    for k in moved if where else ():
+        print(f"permrl: notice: {where}: reinforce.{k} is now {RENAMED['reinforce.' + k]} (the "
+              "old name works until permrl 0.4)", file=sys.stderr)
+    cycle = values.get("cycle") if isinstance(values.get("cycle"), dict) else {}
+    return {**values, "reinforce": {k: v for k, v in old.items() if k not in moved},
+            "cycle": {**moved, **cycle}}
 
 
 def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
@@ -385,10 +415,10 @@ def validate(cfg: Config) -> Config:
     if t.stride_min > t.stride_max:
         raise ConfigError(f"temporal.stride_min ({t.stride_min}) is larger than "
                           f"temporal.stride_max ({t.stride_max})")
-    r = cfg.reinforce
+    r = cfg.cycle
     for task in cfg.tasks:
         if cfg.policy in ADAPTIVE_POLICIES and r.groups > getattr(cfg, task).permutations:
-            raise ConfigError(f"reinforce.groups: {r.groups} groups exceed the "
+            raise ConfigError(f"cycle.groups: {r.groups} groups exceed the "
                               f"{getattr(cfg, task).permutations} permutations of {task}")
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed (spatial, temporal)")
@@ -427,13 +457,13 @@ def idle_policy(cfg: Config) -> str | None:
     uniform sampler, silently), or None. `permrl train` warns, `permrl ablate` refuses."""
     for task in cfg.tasks if cfg.policy != "uniform" else []:
         if policy_updates(cfg, task) == 0:
-            cycle = cfg.reinforce.sgd_steps + cfg.reinforce.episode_batches
+            cycle = cfg.cycle.sgd_steps + cfg.cycle.episode_batches
             span = (f"train.steps = {cfg.train.steps}" if not cfg.train.serial_switch else
                     f"{task} trains {len(task_steps(cfg, task))} steps of train.steps = "
                     f"{cfg.train.steps} (train.serial_switch = {cfg.train.serial_switch})")
             return (f"policy={cfg.policy} never acts on {task}: its first update comes after "
-                    f"reinforce.sgd_steps + reinforce.episode_batches = {cycle} steps, but "
-                    f"{span}; lower reinforce.sgd_steps or raise train.steps")
+                    f"cycle.sgd_steps + cycle.episode_batches = {cycle} steps, but "
+                    f"{span}; lower cycle.sgd_steps or raise train.steps")
     return None
 
 
@@ -441,7 +471,7 @@ def policy_updates(cfg: Config, task: str) -> int:
     """How many policy updates (episodes, Sect. 3.2) `task` gets in a run (`Cycle.updates`)."""
     from permrl.policy.cycle import Cycle
 
-    r = cfg.reinforce
+    r = cfg.cycle
     return Cycle(r.sgd_steps, r.episode_batches).updates(task_steps(cfg, task))
 
 
@@ -498,7 +528,8 @@ def load_config(
             raise ConfigError(f"config {path} is not valid YAML: {yaml_problem(e)}") from None
         if not isinstance(file_values, dict):
             raise ConfigError(f"config {path}: expected a mapping at the top level")
-    layers = [file_values] + [parse_override(o) for o in overrides]
+    layers = [renamed(file_values, f"config {path}")] + [
+        renamed(parse_override(o), f"--set {o}") for o in overrides]
     name = preset or next((lay["preset"] for lay in reversed(layers) if "preset" in lay), "cpu")
     if name not in PRESETS:
         raise ConfigError(f"preset: {name!r} is not one of {', '.join(PRESETS)}")
@@ -513,16 +544,16 @@ def load_config(
 def config_with(values: dict[str, Any], overrides: list[str]) -> Config:
     """A resolved config (e.g. a checkpoint's) with `key=value` overrides, validated."""
     cfg = Config()
-    _merge(cfg, values)
+    _merge(cfg, renamed(values, None))
     for o in overrides:
-        _merge(cfg, parse_override(o))
+        _merge(cfg, renamed(parse_override(o), f"--set {o}"))
     return validate(cfg)
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a resolved config (e.g. from a checkpoint)."""
     cfg = Config()
-    _merge(cfg, values)
+    _merge(cfg, renamed(values, None))
     return validate(cfg)
 
 

@@ -47,7 +47,7 @@ DEMO_OVERRIDES = [  # the config of examples/table5.yaml: the demo is seed 0 of 
     "data.videos=demo-videos?count=400&size=64&frames=12",
     "temporal.stride_max=2",
     # A shorter policy cycle than the cpu preset's N = 100, so the short demo sees 13 episodes.
-    "reinforce.sgd_steps=40",
+    "cycle.sgd_steps=40",
 ]
 TABLE5_COMMAND = "make table5"  # 13 variants x 3 seeds of this config (README, Results)
 WHAT_IT_SHOWS = (

@@ -45,7 +45,7 @@ def probe_config(ckpt: dict[str, Any], episodes: int, policy: str,
         lr = first.train.lr
         print(f"permrl: the checkpoint's learning rate is 0 (end of its schedule); using "
               f"train.lr={lr}", file=sys.stderr)
-    cycle = Cycle(first.reinforce.sgd_steps, first.reinforce.episode_batches)
+    cycle = Cycle(first.cycle.sgd_steps, first.cycle.episode_batches)
     fixed = [f"policy={policy}", f"train.steps={episodes * cycle.length}",
              "train.schedule=constant", "train.warmup_steps=0", f"train.lr={lr}",
              "train.serial_switch=0"]

@@ -188,7 +188,7 @@ def start_run(
     if ckpt is not None:
         check_resumable(ckpt, cfg, resume_from)
     if env.enabled and uses_twin(cfg):
-        raise RunError("reinforce.reward_baseline=twin runs on one process for now (the twin's "
+        raise RunError("cycle.reward_baseline=twin runs on one process for now (the twin's "
                        "gradients are not averaged across processes); use extrapolated")
     if (idle := idle_policy(cfg)) and env.is_main:
         print(f"permrl: warning: {idle}", file=sys.stderr)
@@ -266,4 +266,4 @@ def start_run(
 
 def uses_twin(cfg: Config) -> bool:
     """Whether the policy's reward compares with a paired twin (`permrl.policy.twin`)."""
-    return cfg.policy in ("reinforce", "exp3") and cfg.reinforce.reward_baseline == "twin"
+    return cfg.policy in ("reinforce", "exp3") and cfg.cycle.reward_baseline == "twin"

@@ -129,21 +129,21 @@ def make_sampler(cfg: Config, task: str, num_permutations: int) -> PermutationSa
         return UniformSampler(num_permutations)
     if cfg.policy == "fixed":  # the ceiling arm: no learner
         return HardestShareSampler(num_permutations, cfg.bandit.fixed_share)
-    r, b = cfg.reinforce, cfg.bandit
+    c, r, b = cfg.cycle, cfg.reinforce, cfg.bandit
     seed = cfg.seed * 2 + TASKS.index(task)
     learner: GroupLearner
     if cfg.policy == "reinforce":
-        learner = Reinforce(r.groups, hidden=r.hidden, lr=r.lr, entropy_weight=r.entropy_weight,
+        learner = Reinforce(c.groups, hidden=r.hidden, lr=r.lr, entropy_weight=r.entropy_weight,
                             baseline_momentum=r.baseline_momentum, gamma=r.gamma,
                             horizon=r.horizon, advantage=r.advantage, prior=r.prior,
                             optimizer=r.optimizer, seed=seed)
     elif cfg.policy == "exp3":
-        learner = Exp3S(r.groups, lr=b.exp3_lr, exploration=b.exploration, switch=b.exp3_switch)
+        learner = Exp3S(c.groups, lr=b.exp3_lr, exploration=b.exploration, switch=b.exp3_switch)
     else:  # learns nothing from rewards: its episodes draw per sample
-        learner = Hardness(r.groups, exploration=b.exploration)
-        return GroupSampler(num_permutations, learner, r.groups, seed)  # (no reward used)
-    return GroupSampler(num_permutations, learner, r.groups, seed, r.episode_actions,
-                         r.reward_metric, r.reward_baseline)
+        learner = Hardness(c.groups, exploration=b.exploration)
+        return GroupSampler(num_permutations, learner, c.groups, seed)  # (no reward used)
+    return GroupSampler(num_permutations, learner, c.groups, seed, c.episode_actions,
+                        c.reward_metric, c.reward_baseline)
 
 
 MIN_ITEMS_FOR_BAD_FRACTION = 100

@@ -66,7 +66,7 @@ def policy_phase(cfg: Config, done: int) -> str | None:
     """Where `done` iterations fall in the policy's schedule (`permrl.policy.cycle.Cycle`):
     "episode_start" (validate -> s_t, groups, s_hat), "episode_end" (validate -> E_{t+1},
     reward, policy update) or None; always None for uniform draws."""
-    r = cfg.reinforce
+    r = cfg.cycle
     return None if cfg.policy == "uniform" else Cycle(r.sgd_steps, r.episode_batches).phase(done)
 
 
@@ -325,7 +325,7 @@ def policy_step(run: Run, phase: str, step: int, done: int) -> dict[str, dict[st
 
     "episode_start" comes after N SGD steps with pi fixed, "episode_end" after the K
     mini-batches of the episode (whose permutations `drawn_parts` records). The state is
-    computed by all processes; the policy lives on rank 0. With `reinforce.reward_baseline:
+    computed by all processes; the policy lives on rank 0. With `cycle.reward_baseline:
     twin` the network is forked at the episode's start and the reward compares with the twin's
     state. Returns the finished episodes' records.
     """

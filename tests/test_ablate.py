@@ -17,7 +17,7 @@ from permrl.config import ConfigError
 TINY = tiny_overrides(
     "data.images=dead-leaves?count=30&size=80",
     "data.videos=demo-videos?count=20&frames=12&size=40", "train.steps=4", "train.log_every=1",
-    "reinforce.sgd_steps=1", "reinforce.episode_batches=1",
+    "cycle.sgd_steps=1", "cycle.episode_batches=1",
     "eval.knn_train=demo-photos?subset=gallery&crops=3",
     "eval.knn_test=demo-photos?subset=query&crops=2", "spatial.grid=3", "train.warmup_steps=100"
 )
@@ -108,9 +108,9 @@ def test_a_difference_is_not_called_a_policy_effect_when_the_policy_stayed_in_it
 
 def test_a_policy_cell_shorter_than_one_cycle_is_refused_before_anything_trains(tmp_path):
     with pytest.raises(ConfigError, match=r"S\+P: policy=reinforce never acts.*reinforce\."
-                                          r"sgd_steps \+ reinforce.episode_batches = 101"):
+                                          r"sgd_steps \+ cycle.episode_batches = 101"):
         ablate(tmp_path / "abl", ["S", "S+P"], seeds=1,
-               overrides=TINY + ["train.steps=60", "reinforce.sgd_steps=100"])
+               overrides=TINY + ["train.steps=60", "cycle.sgd_steps=100"])
     assert not (tmp_path / "abl").exists()
 
 

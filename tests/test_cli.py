@@ -18,7 +18,7 @@ from permrl.permutations import hamming_stats, load_permutations
 
 TINY = [a for o in tiny_overrides(
     "spatial.permutations=6", "train.steps=2", "data.images=dead-leaves?count=30&size=120",
-    "spatial.grid=3", "train.warmup_steps=100", "reinforce.groups=10"
+    "spatial.grid=3", "train.warmup_steps=100", "cycle.groups=10"
 ) for a in ("--set", o)]
 
 

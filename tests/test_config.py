@@ -305,7 +305,7 @@ def naive_policy_updates(cfg, task: str) -> int:
 @pytest.mark.parametrize("switch", [0, 1, 19, 20, 21, 33])
 def test_policy_updates_equal_the_loop_walked_step_by_step(steps, switch):
     cfg = load_config(overrides=["tasks=[spatial, temporal]", f"train.steps={steps}",
-                                 "reinforce.sgd_steps=20", "reinforce.episode_batches=5"])
+                                 "cycle.sgd_steps=20", "cycle.episode_batches=5"])
     if switch >= steps:
         return
     # Set after loading: the check under test (in validate) would refuse the cycles that
@@ -316,18 +316,18 @@ def test_policy_updates_equal_the_loop_walked_step_by_step(steps, switch):
 
 
 @pytest.mark.parametrize("overrides, culprit", [
-    (["train.steps=60", "reinforce.sgd_steps=100"], "train.steps = 60"),
-    (["train.steps=104", "reinforce.sgd_steps=100", "reinforce.episode_batches=5"],
+    (["train.steps=60", "cycle.sgd_steps=100"], "train.steps = 60"),
+    (["train.steps=104", "cycle.sgd_steps=100", "cycle.episode_batches=5"],
      "= 105 steps"),
     (["tasks=[spatial, temporal]", "train.steps=300", "train.serial_switch=250",
-      "reinforce.sgd_steps=100"], "temporal trains 50 steps"),
+      "cycle.sgd_steps=100"], "temporal trains 50 steps"),
 ])
 def test_a_policy_that_would_never_act_is_named_with_its_keys(overrides, culprit):
     message = idle_policy(load_config(overrides=["policy=reinforce", *overrides]))
-    assert "never acts" in message and culprit in message and "reinforce.sgd_steps" in message
+    assert "never acts" in message and culprit in message and "cycle.sgd_steps" in message
     assert idle_policy(load_config(overrides=["policy=uniform", *overrides])) is None
     assert idle_policy(load_config(overrides=["policy=reinforce", "train.steps=105",
-                                              "reinforce.sgd_steps=100"])) is None
+                                              "cycle.sgd_steps=100"])) is None
 
 
 def test_the_example_config_files_load():
@@ -338,3 +338,26 @@ def test_the_example_config_files_load():
     configs = {path.name: load_config(path) for path in examples}  # every one loads
     own = configs["own-data.yaml"]
     assert own.policy == "reinforce" and own.tasks == ["spatial", "temporal"]
+
+
+def test_the_keys_moved_to_cycle_keep_working_with_a_notice(tmp_path, capsys):
+    """permrl 0.2's reinforce.sgd_steps (episode_batches, groups, episode_actions, reward_*)
+    are cycle.* now: an override or a file with the old name gives the same config and one
+    line naming the key; a stored config (a checkpoint's) is read silently."""
+    new = load_config(overrides=["cycle.sgd_steps=7", "cycle.groups=4", "reinforce.lr=0.5"])
+    old = load_config(overrides=["reinforce.sgd_steps=7", "reinforce.groups=4",
+                                 "reinforce.lr=0.5"])
+    assert to_dict(old) == to_dict(new)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"permrl: notice: --set reinforce.{k}={v}: reinforce.{k} is now cycle.{k} "
+                   "(the old name works until permrl 0.4)" for k, v in (("sgd_steps", 7),
+                                                                        ("groups", 4))]
+    path = tmp_path / "old.yaml"
+    path.write_text("reinforce:\n  episode_batches: 3\n  lr: 0.5\ncycle:\n  groups: 4\n")
+    assert load_config(path).cycle.episode_batches == 3 and load_config(path).cycle.groups == 4
+    assert "old.yaml: reinforce.episode_batches is now cycle.episode_batches" in (
+        capsys.readouterr().err)
+    stored = to_dict(new)
+    stored["reinforce"] |= stored.pop("cycle")  # the 0.2 layout of a checkpoint's config
+    assert to_dict(config_from_dict(stored)) == to_dict(new)
+    assert capsys.readouterr().err == ""

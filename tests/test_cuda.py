@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 TINY = tiny_overrides(
     "model.dropout=0.0", "train.val_size=8", "train.schedule=constant", "train.optimizer=sgd",
-    "train.lr=0.003", "tasks=[spatial, temporal]", "policy=reinforce", "reinforce.sgd_steps=2",
-    "reinforce.episode_batches=1", "reinforce.groups=10"
+    "train.lr=0.003", "tasks=[spatial, temporal]", "policy=reinforce", "cycle.sgd_steps=2",
+    "cycle.episode_batches=1", "cycle.groups=10"
 )
 
 

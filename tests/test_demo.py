@@ -10,8 +10,8 @@ import permrl.demo as demo
 
 TINY = tiny_overrides(
     "tasks=[spatial, temporal]", "data.images=dead-leaves?count=30&size=80",
-    "data.videos=demo-videos?count=20&frames=12&size=40", "reinforce.sgd_steps=2",
-    "reinforce.episode_batches=1", "eval.knn_train=demo-photos?subset=gallery&crops=3",
+    "data.videos=demo-videos?count=20&frames=12&size=40", "cycle.sgd_steps=2",
+    "cycle.episode_batches=1", "eval.knn_train=demo-photos?subset=gallery&crops=3",
     "eval.knn_test=demo-photos?subset=query&crops=2", "spatial.grid=3", "train.warmup_steps=100"
 )
 

@@ -53,8 +53,8 @@ OVERRIDES = [
     # the equality below holds to 1e-9 on any CPU.
     "train.float64=true",
     "train.keep_checkpoints=5", "tasks=[spatial, temporal]",
-    "policy=reinforce", "reinforce.sgd_steps=2", "reinforce.episode_batches=1",
-    "reinforce.groups=3",
+    "policy=reinforce", "cycle.sgd_steps=2", "cycle.episode_batches=1",
+    "cycle.groups=3",
 ]
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 TINY = tiny_overrides(
     "model.dropout=0.0", "spatial.permutations=4", "train.val_size=8", "train.steps=2",
-    "train.log_every=1", "reinforce.groups=10"
+    "train.log_every=1", "cycle.groups=10"
 )
 
 

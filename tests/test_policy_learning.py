@@ -15,8 +15,8 @@ from permrl.policy_learning import probe_config
 from permrl.train import train
 
 TINY = tiny_overrides(
-    "model.dropout=0.2", "train.warmup_steps=2", "train.log_every=1", "reinforce.sgd_steps=2",
-    "reinforce.episode_batches=1", "train.steps=6"
+    "model.dropout=0.2", "train.warmup_steps=2", "train.log_every=1", "cycle.sgd_steps=2",
+    "cycle.episode_batches=1", "train.steps=6"
 )
 
 
@@ -29,7 +29,7 @@ def half_trained(tmp_path_factory):
 
 def test_probe_config_holds_the_checkpoints_rate_for_e_cycles(half_trained):
     ckpt = load_checkpoint(half_trained)
-    cfg = probe_config(ckpt, 4, "exp3", ["reinforce.sgd_steps=3"])
+    cfg = probe_config(ckpt, 4, "exp3", ["cycle.sgd_steps=3"])
     assert cfg.policy == "exp3" and cfg.train.steps == 4 * (3 + 1)
     assert cfg.train.schedule == "constant" and cfg.train.warmup_steps == 0
     assert 0 < cfg.train.lr == ckpt["scheduler"]["_last_lr"][0] < 1e-3

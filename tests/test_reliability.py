@@ -22,8 +22,8 @@ from permrl.train import RunError, train
 
 TINY = tiny_overrides(
     "data.images=dead-leaves?count=60&size=80", "data.workers=1", "model.dropout=0.3",
-    "train.log_every=1", "train.val_every=5", "policy=reinforce", "reinforce.sgd_steps=3",
-    "reinforce.episode_batches=2"
+    "train.log_every=1", "train.val_every=5", "policy=reinforce", "cycle.sgd_steps=3",
+    "cycle.episode_batches=2"
 )
 
 

@@ -19,7 +19,7 @@ from permrl.train import RunError, train
 
 TINY = tiny_overrides(
     "data.images=dead-leaves?count=120&size=80", "model.dropout=0.0", "spatial.permutations=4",
-    "train.batch_size=16", "train.val_size=8", "train.log_every=2", "reinforce.groups=10"
+    "train.batch_size=16", "train.val_size=8", "train.log_every=2", "cycle.groups=10"
 )
 
 

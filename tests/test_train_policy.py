@@ -18,7 +18,7 @@ from permrl.train import policy_phase, train
 
 TINY = tiny_overrides(
     "model.dropout=0.2", "train.log_every=1", "train.schedule=constant", "policy=reinforce",
-    "reinforce.sgd_steps=2", "reinforce.episode_batches=1"
+    "cycle.sgd_steps=2", "cycle.episode_batches=1"
 )
 
 
@@ -39,7 +39,7 @@ def finish_episode(sampler, iteration, state, twin=None):
 
 
 def test_policy_phase_follows_the_schedule():
-    cfg = tiny("reinforce.sgd_steps=3", "reinforce.episode_batches=2")
+    cfg = tiny("cycle.sgd_steps=3", "cycle.episode_batches=2")
     phases = [policy_phase(cfg, done) for done in range(0, 12)]
     assert phases == [None, None, None, "episode_start", None, "episode_end",
                       None, None, "episode_start", None, "episode_end", None]
@@ -158,7 +158,7 @@ def test_the_reward_extrapolates_the_chosen_metric(metric, expected):
         {"error": 0.5, "cross_entropy": 1.2, "log_ratio": -0.5}[metric])
     from permrl.tasks import make_sampler
 
-    assert make_sampler(tiny(f"reinforce.reward_metric={metric}"), "spatial",
+    assert make_sampler(tiny(f"cycle.reward_metric={metric}"), "spatial",
                         12).reward_metric == metric
 
 
@@ -243,8 +243,8 @@ def assert_same_state(a, b, where: str = "sampler") -> None:
 @pytest.mark.parametrize("policy", ["reinforce", "exp3", "hardness", "fixed", "reinforce twin"])
 def test_resume_in_the_middle_of_an_episode_continues_the_same_sampler(tmp_path, policy):
     policy, *twin = policy.split()
-    cfg = tiny("train.steps=10", "reinforce.episode_batches=2", f"policy={policy}",
-               *(["reinforce.reward_baseline=twin"] if twin else []))
+    cfg = tiny("train.steps=10", "cycle.episode_batches=2", f"policy={policy}",
+               *(["cycle.reward_baseline=twin"] if twin else []))
     train(cfg, tmp_path / "full", progress=False)
     train(cfg, tmp_path / "split", progress=False, stop_at=7)  # inside the 2nd episode
     train(cfg, tmp_path / "split", resume=True, progress=False)
@@ -303,8 +303,8 @@ def test_a_twin_drawing_what_the_network_draws_ends_where_the_network_ends(
             return torch.randint(0, self.num_permutations, (batch_size,), generator=generator)
 
         monkeypatch.setattr(GroupSampler, "draw", uniform_draw)
-    cfg = tiny("train.steps=8", "reinforce.episode_batches=2", "train.optimizer=adam",
-               "reinforce.reward_baseline=twin", "reinforce.reward_metric=cross_entropy")
+    cfg = tiny("train.steps=8", "cycle.episode_batches=2", "train.optimizer=adam",
+               "cycle.reward_baseline=twin", "cycle.reward_metric=cross_entropy")
     train(cfg, tmp_path / "run", progress=False)
     episodes = [r for r in records(tmp_path / "run") if "reward" in r]
     assert len(episodes) == 2

@@ -17,7 +17,7 @@ from permrl.train import RunError, train
 
 TINY = tiny_overrides(
     "model.dropout=0.0", "spatial.permutations=4", "temporal.permutations=5", "train.log_every=1",
-    "train.schedule=constant", "reinforce.groups=10"
+    "train.schedule=constant", "cycle.groups=10"
 )
 
 
@@ -134,8 +134,8 @@ def test_trains_on_a_folder_of_real_videos_and_counts_bad_ones(tmp_path, capfd):
     write_video(root / "left" / "short.avi", 2, 99)  # shorter than the clip
     (root / "right" / "corrupt.avi").write_bytes(b"RIFF not really a video")
     cfg = tiny("tasks=[temporal]", "train.steps=5", f"data.videos=videos:{root}",
-               "train.val_size=3", "policy=reinforce", "reinforce.sgd_steps=1",
-               "reinforce.episode_batches=1", "reinforce.groups=3")  # T+P
+               "train.val_size=3", "policy=reinforce", "cycle.sgd_steps=1",
+               "cycle.episode_batches=1", "cycle.groups=3")  # T+P
     result = train(cfg, tmp_path / "run", progress=False)
     err = capfd.readouterr().err
     assert result.skipped >= 1 and "skipped" in err

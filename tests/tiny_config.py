@@ -11,7 +11,7 @@ TINY: tuple[str, ...] = (
     "spatial.grid=2", "spatial.cell=36", "spatial.tile=32", "spatial.permutations=12",
     "temporal.frames=4", "temporal.permutations=12", "temporal.stride_max=2",
     "train.batch_size=8", "train.val_size=4", "train.warmup_steps=0", "train.val_every=0",
-    "train.threads=1", "reinforce.groups=3",
+    "train.threads=1", "cycle.groups=3",
 )
 
 

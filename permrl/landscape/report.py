@@ -106,17 +106,17 @@ def run_landscape(
     land = open_landscape(checkpoint, task, lr, list(overrides or []), seed)
     cfg, k_max = land.cfg, max(horizons)
     first_loop = land.start_step + replicates * k_max
-    loop_span = cycles * (cfg.reinforce.sgd_steps + k_max)
+    loop_span = cycles * (cfg.cycle.sgd_steps + k_max)
     bn_steps = list(range(first_loop + loop_span, first_loop + loop_span + bn_batches))
-    groups, errors = checkpoint_groups(land, cfg.reinforce.groups)
+    groups, errors = checkpoint_groups(land, cfg.cycle.groups)
     arms = landscape_arms(groups, errors)
     if progress:
         print(f"permrl: landscape of {checkpoint} ({land.task.name}, step {land.start_step}, lr "
               f"{land.lr:g} held): {len(arms)} arms x {replicates} replicates x {k_max} steps, "
-              f"then {cycles} cycles of {cfg.reinforce.sgd_steps} + {k_max} steps",
+              f"then {cycles} cycles of {cfg.cycle.sgd_steps} + {k_max} steps",
               file=sys.stderr)
     measured = measure_arms(land, arms, horizons, replicates, bn_steps, progress)
-    rewards = loop_rewards(land, horizons, cycles, cfg.reinforce.sgd_steps, first_loop)
+    rewards = loop_rewards(land, horizons, cycles, cfg.cycle.sgd_steps, first_loop)
     group_error = group_errors(groups, errors)
     summary = {bn: {m: {k: summarise(arms, measured["gains"][bn][m][k], sigma(rewards[m][k]),
                                      groups.sizes, group_error, groups.assignment,
@@ -124,7 +124,7 @@ def run_landscape(
                     for m in METRICS} for bn in BN_VARIANTS}
     result = {"checkpoint": str(checkpoint), "task": land.task.name, "step": land.start_step,
               "lr": land.lr, "horizons": horizons, "replicates": replicates, "cycles": cycles,
-              "sgd_steps": cfg.reinforce.sgd_steps, "bn_batches": bn_batches,
+              "sgd_steps": cfg.cycle.sgd_steps, "bn_batches": bn_batches,
               "psi": len(errors), "x_val": int(land.task.val_parts.shape[0]),
               "group_sizes": groups.sizes.tolist(), "group_errors": group_error.tolist(),
               "arms": [a.name for a in arms], "group_of": groups.assignment.tolist(),

@@ -102,7 +102,7 @@ def arm_share_spread(arm: np.ndarray, q: np.ndarray, group_of: np.ndarray, batch
     A policy learns an arm from the correlation of the reward with alpha, so its signal per
     episode is delta x sd(alpha), not delta. "sample": every one of the K x B samples draws its
     group (and a permutation in it) from pi; "batch": one group per mini-batch, so f is the mean
-    of K groups' uniform shares (`reinforce.episode_actions`).
+    of K groups' uniform shares (`cycle.episode_actions`).
     """
     arm, q = np.asarray(arm, np.float64), np.asarray(q, np.float64)
     d = arm - q

@@ -40,7 +40,7 @@ def replay(records: list[dict[str, Any]], learner: GroupLearner, rewards: np.nda
     """The run's episodes replayed with `learner` and `rewards` (one per rewarded episode, in
     order): per episode, pi before its update, its draws (from that pi) and its reward, as the
     sampler logs them. `actions_per_draw` > 1: one group per mini-batch or per episode
-    (`reinforce.episode_actions`)."""
+    (`cycle.episode_actions`)."""
     out, k = [], 0
     for record in records:
         s_hat, mask, sizes = episode_inputs(record, int(sum(record["group_sizes"])))

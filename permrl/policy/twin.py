@@ -2,7 +2,7 @@
 
 Eq. 7 compares E_{t+1} with a line through the errors before the episode, so its noise is that
 of two validations plus the trend's (design §5, "The reward landscape": ~2x the replicate
-spread of the same K steps). A paired twin (`reinforce.reward_baseline: twin`) removes most of
+spread of the same K steps). A paired twin (`cycle.reward_baseline: twin`) removes most of
 it: at the episode's start the network and its optimiser are forked; every episode step trains
 the twin on the same samples, crops and dropout masks as the network, with its permutations
 drawn uniformly over Psi; at the episode's end the reward is value(twin) - value(network)

@@ -99,11 +99,11 @@ def run_null(run_dir: Path, task: str, records: list[dict[str, Any]]) -> dict[st
         return None
     size = getattr(cfg, task).permutations
     batch = cfg.train.batch_size
-    per_draw = {"sample": 1, "batch": batch, "episode": batch * cfg.reinforce.episode_batches}
+    per_draw = {"sample": 1, "batch": batch, "episode": batch * cfg.cycle.episode_batches}
     return shuffled_reward_null(
         [r for r in records if r.get("task") == task],
         lambda: make_sampler(cfg, task, size).learner, shuffles=NULL_SHUFFLES, seed=cfg.seed,
-        actions_per_draw=per_draw[cfg.reinforce.episode_actions])
+        actions_per_draw=per_draw[cfg.cycle.episode_actions])
 
 
 def policy_rows(cells: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from permrl.train import train
 
 TINY = tiny_overrides(
     "data.images=dead-leaves?count=60&size=80", "model.dropout=0.3", "train.val_size=8",
-    "train.steps=6", "reinforce.sgd_steps=3"
+    "train.steps=6", "cycle.sgd_steps=3"
 )
 
 

@@ -87,7 +87,7 @@ def best_group_after(overrides: list[str], seed: int, noise: float) -> tuple[flo
 
     cfg = load_config(overrides=[f"seed={seed}", *overrides])
     agent = make_sampler(cfg, "spatial", 100).learner
-    r = cfg.reinforce
+    r = cfg.cycle
     sizes = torch.tensor([40, 14, 10, 9, 8, 6, 5, 4, 2, 2], dtype=torch.float32)
     assert len(sizes) == r.groups
     s_hat = torch.stack([sizes / sizes.sum(), torch.linspace(0.7, 1.6, 10)], 1).ravel()
