@@ -109,23 +109,23 @@ class Run:
                                for n, p in self.perms.items()}
         self.states: dict[str, tuple[int, NetworkState]] = {}  # the last state of each task
 
-    def state_of(self, name: str, step: int) -> NetworkState:
+    def state_of(self, name: str, done: int) -> NetworkState:
         """Eq. 3, 4, 6 on the task's X_val (exact, from cached features: design §6); X_val is
         split across the processes and the state gathered on all of them. Computed once per
         step: a validation on an episode boundary reuses the policy's state (same weights)."""
-        if (last := self.states.get(name)) is not None and last[0] == step:
+        if (last := self.states.get(name)) is not None and last[0] == done:
             return last[1]
         state = sharded_state(self.model, name, self.tasks[name].val_parts, self.perms[name],
                               self.env)
-        self.permutation_errors.add(name, step, state)
-        self.states[name] = (step, state)
+        self.permutation_errors.add(name, done, state)
+        self.states[name] = (done, state)
         return state
 
-    def validate(self, step: int) -> dict[str, float]:
+    def validate(self, done: int) -> dict[str, float]:
         """Held-out puzzle accuracy of every task (1 - Eq. 6), logged and printed."""
-        states = {n: self.state_of(n, step) for n in self.tasks}
+        states = {n: self.state_of(n, done) for n in self.tasks}
         accuracy = {n: 1.0 - state.error for n, state in states.items()}
-        record: dict[str, Any] = {"step": step}
+        record: dict[str, Any] = {"step": done}
         for n, acc in accuracy.items():
             record |= {f"{n}_val_accuracy": acc, f"{n}_val_error": 1 - acc,
                        f"{n}_val_samples": int(self.tasks[n].val_parts.shape[0])}
@@ -136,25 +136,25 @@ class Run:
             said["temporal"] += f" ({both:.3f} up to reversal)"
         self.log.write(record)
         if self.env.is_main:
-            tqdm.write(f"step {step}: held-out puzzle accuracy " + ", ".join(
+            tqdm.write(f"step {done}: held-out puzzle accuracy " + ", ".join(
                 f"{n} {said[n]} ({self.tasks[n].val_parts.shape[0]} x {len(self.perms[n])} "
                 "permutations)" for n in accuracy), file=sys.stderr)
         return accuracy
 
-    def checkpoint(self, step: int) -> None:
+    def checkpoint(self, done: int) -> None:
         if not self.env.is_main:  # rank 0 writes; the others hold the same weights
             return
         tasks = self.tasks
         save_checkpoint({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "step": step, "config": to_dict(self.cfg),
+            "scheduler": self.scheduler.state_dict(), "step": done, "config": to_dict(self.cfg),
             "world_size": self.env.world_size,
             "sampler": {n: t.sampler.state_dict() for n, t in tasks.items()},
             "permutations": {n: t.permutations for n, t in tasks.items()},
             "permutation_checksum": {n: permutation_checksum(t.permutations)
                                      for n, t in tasks.items()},
             "twin": self.twin.state_dict() if self.twin is not None else None,
-        }, self.run_dir, step, keep=self.cfg.train.keep_checkpoints)
+        }, self.run_dir, done, keep=self.cfg.train.keep_checkpoints)
         self.permutation_errors.save()
 
 

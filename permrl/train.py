@@ -13,6 +13,10 @@ Every step, for each task that trains (spatial, temporal, or both for S+T; S&T: 
   5. held-out validation (the error of Eq. 6 over all |Psi| x |X_val| pairs), retrieval
      (`eval.knn_every`), an atomic checkpoint from which `--resume` continues exactly (the
      data of step s is a pure function of (seed, s)).
+Two counters, each with one meaning: `step` is the index of the step being trained (its data,
+crops, draws and dropout are a function of (seed, step)); `done` = step + 1 is the number of
+SGD iterations done, what the schedule, the states, the logs ("step" in metrics.jsonl) and the
+checkpoints count (the samplers' `iteration`).
 `permrl.run.start_run` builds what the loop needs (`Run`); `permrl.tasks` opens each task's data and
 sampler. Under torchrun the same function runs in every process; `permrl.distributed` says
 what is shared how (each process builds its rows of the global batch, rank 0 draws the
@@ -197,7 +201,7 @@ def train_loop(
                 bar.set_postfix(policy_postfix(episodes) | postfix)
             # 4. The policy's cycle (Sect. 3.2): state and regrouping, episode, reward, update.
             if phase := policy_phase(cfg, done):
-                episodes |= policy_step(run, phase, step, done)
+                episodes |= policy_step(run, phase, done)
             # 5. Held-out validation, retrieval (Fig. 5), checkpoint.
             if (cfg.train.val_every and done % cfg.train.val_every == 0) or done == cfg.train.steps:
                 val_acc = run.validate(done)
@@ -320,7 +324,7 @@ def ordering_loss(
     return sum(losses.values())
 
 
-def policy_step(run: Run, phase: str, step: int, done: int) -> dict[str, dict[str, Any]]:
+def policy_step(run: Run, phase: str, done: int) -> dict[str, dict[str, Any]]:
     """One turn of the cycle of Sect. 3.2 for each task that trains, after `done` steps.
 
     "episode_start" comes after N SGD steps with pi fixed, "episode_end" after the K
@@ -330,7 +334,7 @@ def policy_step(run: Run, phase: str, step: int, done: int) -> dict[str, dict[st
     state. Returns the finished episodes' records.
     """
     env, finished = run.env, {}
-    for name in active_tasks(run.cfg, step):
+    for name in active_tasks(run.cfg, done - 1):  # the tasks of the step just trained
         sampler = run.tasks[name].sampler
         if not env.on_main(lambda s=sampler: phase == "episode_start" or s.in_episode):
             continue  # (in S&T a task may join in mid-cycle: no episode to end)

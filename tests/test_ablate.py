@@ -107,7 +107,7 @@ def test_a_difference_is_not_called_a_policy_effect_when_the_policy_stayed_in_it
 
 
 def test_a_policy_cell_shorter_than_one_cycle_is_refused_before_anything_trains(tmp_path):
-    with pytest.raises(ConfigError, match=r"S\+P: policy=reinforce never acts.*reinforce\."
+    with pytest.raises(ConfigError, match=r"S\+P: policy=reinforce never acts.*cycle\."
                                           r"sgd_steps \+ cycle.episode_batches = 101"):
         ablate(tmp_path / "abl", ["S", "S+P"], seeds=1,
                overrides=TINY + ["train.steps=60", "cycle.sgd_steps=100"])
