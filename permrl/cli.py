@@ -105,7 +105,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_fig4(args: argparse.Namespace) -> int:
-    from permrl.policy_learning import policy_learning
+    from permrl.fig4 import policy_learning
 
     result = policy_learning(args.checkpoint, args.out, args.episodes, policy=args.policy,
                              overrides=args.set or [], force=args.force)

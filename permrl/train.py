@@ -102,7 +102,7 @@ def train(
     `stop_at` ends the run early after that step with a checkpoint, as an interruption would;
     `resume=True` continues it to `train.steps`. `init_from`: a checkpoint whose weights and
     optimiser state this new run starts from, at step 0 with a fresh sampler and Psi kept (the
-    Fig. 4 protocol, `permrl.policy_learning`). Under torchrun every process calls this and
+    Fig. 4 protocol, `permrl.fig4`). Under torchrun every process calls this and
     joins one process group for the run (see `permrl.distributed`).
     """
     try:

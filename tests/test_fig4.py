@@ -11,7 +11,7 @@ from tiny_config import tiny_overrides
 from permrl.checkpoint import load_checkpoint
 from permrl.cli import main
 from permrl.config import ConfigError, load_config
-from permrl.policy_learning import probe_config
+from permrl.fig4 import probe_config
 from permrl.train import train
 
 TINY = tiny_overrides(
