@@ -257,14 +257,3 @@ def read_clip(path: str | os.PathLike[str], indices: Sequence[int], threads: int
             return _read_sequential(name, wanted, threads)
     except (_Restart, *_READ_ERRORS):
         return ClipRead(None)
-
-
-def read_video_frames(
-    path: str | os.PathLike[str], indices: Sequence[int], threads: int = 1
-) -> np.ndarray | None:
-    """uint8 (len(indices), H, W, 3) RGB frames at the given 0-based indices (ascending,
-    repeats allowed), or None if the video cannot be read or is shorter than max(indices)+1.
-
-    See read_clip, which also reports the true length of a video shorter than its header says.
-    """
-    return read_clip(path, indices, threads).frames

@@ -192,14 +192,6 @@ class Reinforce:
         s, m = _as_input(s_hat, mask)
         return self.policy.distribution(s, m).probs
 
-    def act(
-        self, s_hat: Tensor, mask: Tensor | None, count: int, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """Draw `count` groups from pi(.|s_hat) with replacement: (actions (count,), probs)."""
-        probs = self.probabilities(s_hat, mask)
-        actions = torch.multinomial(probs, count, replacement=True, generator=generator)
-        return actions, probs
-
     def update(
         self, s_hat: Tensor, mask: Tensor | None, actions: Tensor, reward: float
     ) -> dict[str, float]:

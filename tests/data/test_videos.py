@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from permrl.data import videos
-from permrl.data.videos import VideoInfo, count_frames, probe_video, read_clip, read_video_frames
+from permrl.data.videos import VideoInfo, count_frames, probe_video, read_clip
 
 N, H, W, GOP = 40, 48, 64, 10
 TEXTURE = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
@@ -21,6 +21,11 @@ CODECS = [
     ("h264.mp4", "libx264", "yuv420p"),
     ("mjpeg.mkv", "mjpeg", "yuvj420p"),
 ]
+
+
+def read_frames(path, indices, threads=1):
+    """The frames of `read_clip` (None when the video cannot give them all)."""
+    return read_clip(path, indices, threads).frames
 
 
 def frame(i: int) -> np.ndarray:
@@ -70,11 +75,11 @@ NAMES = [c[0] for c in CODECS]
 @pytest.mark.parametrize("name", NAMES)
 def test_scattered_indices_show_the_right_frames(files, name):
     wanted = [0, 3, 9, 10, 11, 17, 17, 25, 38, 39]
-    clip = read_video_frames(files[name], wanted)
+    clip = read_frames(files[name], wanted)
     assert clip.dtype == np.uint8 and clip.shape == (len(wanted), H, W, 3)
     assert identify(clip) == wanted
     for single in ([21], [39], [30, 31, 32]):
-        assert identify(read_video_frames(files[name], single)) == single
+        assert identify(read_frames(files[name], single)) == single
 
 
 @pytest.mark.parametrize("name", [*NAMES, "raw.h264"])
@@ -84,7 +89,7 @@ def test_seeking_equals_a_full_sequential_decode(files, name):
     rng = np.random.default_rng(1)
     for _ in range(4):
         wanted = sorted(rng.integers(0, N, 6).tolist())
-        assert np.array_equal(read_video_frames(files[name], wanted, threads=2), reference[wanted])
+        assert np.array_equal(read_frames(files[name], wanted, threads=2), reference[wanted])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -128,7 +133,7 @@ def test_a_late_clip_is_read_by_seeking_not_from_the_start(files, name, monkeypa
     _CountingContainer.log.clear()
     monkeypatch.setattr(videos.av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k)))
     for threads in (1, 3):
-        assert identify(read_video_frames(files[name], [34, 36], threads)) == [34, 36]
+        assert identify(read_frames(files[name], [34, 36], threads)) == [34, 36]
     for threads, opened in zip((1, 3), _CountingContainer.log, strict=True):
         assert opened.seeks and opened.decoded <= GOP  # keyframe 30, then 30..36 (+ lag)
         assert opened.threads[0] == threads  # never FFmpeg's default 0 = every core
@@ -136,17 +141,17 @@ def test_a_late_clip_is_read_by_seeking_not_from_the_start(files, name, monkeypa
 
 @pytest.mark.parametrize("name", NAMES)
 def test_indices_past_the_end_give_none_and_the_true_length(files, name):
-    assert read_video_frames(files[name], [35, N]) is None
+    assert read_frames(files[name], [35, N]) is None
     assert read_clip(files[name], [N + 60]) == videos.ClipRead(None, N)
     assert read_clip(files[name], [5]).length is None
 
 
 def test_bad_indices_and_empty_request(files):
     with pytest.raises(ValueError):
-        read_video_frames(files["mpeg4.avi"], [5, 3])
+        read_frames(files["mpeg4.avi"], [5, 3])
     with pytest.raises(ValueError):
-        read_video_frames(files["mpeg4.avi"], [-1, 3])
-    assert read_video_frames(files["mpeg4.avi"], []).shape == (0, H, W, 3)
+        read_frames(files["mpeg4.avi"], [-1, 3])
+    assert read_frames(files["mpeg4.avi"], []).shape == (0, H, W, 3)
 
 
 def test_corrupt_missing_and_audio_only_files(tmp_path):
@@ -161,7 +166,7 @@ def test_corrupt_missing_and_audio_only_files(tmp_path):
         for packet in [*stream.encode(chunk), *stream.encode()]:
             out.mux(packet)
     for path in (junk, audio, tmp_path / "missing.mp4", tmp_path):
-        assert read_video_frames(path, [0, 1]) is None
+        assert read_frames(path, [0, 1]) is None
         assert read_clip(path, [0]) == videos.ClipRead(None, None)
         assert probe_video(path) is None
         assert count_frames(path) == 0
@@ -178,7 +183,7 @@ def test_truncated_file(files, tmp_path, name):
         assert read_clip(cut, [0]) == videos.ClipRead(None, None)
         return
     head = [0, true // 2, true - 1]
-    assert identify(read_video_frames(cut, head)) == head
+    assert identify(read_frames(cut, head)) == head
     assert read_clip(cut, [true - 1, 30]) == videos.ClipRead(None, true)
     assert read_clip(cut, [35]) == videos.ClipRead(None, true)
 
@@ -201,8 +206,8 @@ def _write_timed(path, pts: list[int]) -> None:  # noqa: ANN001
 def test_index_is_time_from_the_stream_start_and_gaps_hold_the_last_frame(tmp_path):
     late = tmp_path / "late.mkv"  # starts at 0.4 s: frame index counts from the first frame
     _write_timed(late, [10 + k for k in range(20)])
-    assert identify(read_video_frames(late, [0, 3, 19])) == [0, 3, 19]
+    assert identify(read_frames(late, [0, 3, 19])) == [0, 3, 19]
     gap = tmp_path / "gap.mkv"  # no frame at t = 5 / 25 s: index 5 shows the one before
     _write_timed(gap, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10])
-    assert identify(read_video_frames(gap, [3, 4, 5, 6, 10])) == [3, 4, 4, 5, 9]
+    assert identify(read_frames(gap, [3, 4, 5, 6, 10])) == [3, 4, 4, 5, 9]
     assert read_clip(gap, [11]) == videos.ClipRead(None, 11)

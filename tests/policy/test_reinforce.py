@@ -11,6 +11,12 @@ import torch
 from permrl.policy.reinforce import Policy, Reinforce, extrapolated_error, reward
 
 
+def act(agent, s_hat, mask, count, generator):
+    """`count` groups drawn from pi(. | s_hat) with replacement, as GroupSampler draws them."""
+    probs = agent.probabilities(s_hat, mask)
+    return torch.multinomial(probs, count, replacement=True, generator=generator), probs
+
+
 def test_extrapolated_error_even_spacing_is_paper_baseline():
     history = [(0, 0.95), (100, 0.9), (200, 0.8)]
     assert extrapolated_error(history, 300) == pytest.approx(2 * 0.8 - 0.9)
@@ -49,11 +55,11 @@ def test_policy_learns_the_rewarded_group():
     # Reward = share of actions equal to group 2: E[r] = pi(2), maximal at pi = one-hot(2).
     agent = Reinforce(4, lr=0.05, entropy_weight=0.01, optimizer="adam", seed=0)
     gen = torch.Generator().manual_seed(0)
-    _, before = agent.act(S_HAT, None, 1, gen)
+    _, before = act(agent, S_HAT, None, 1, gen)
     for _ in range(200):
-        actions, _ = agent.act(S_HAT, None, 16, gen)
+        actions, _ = act(agent, S_HAT, None, 16, gen)
         agent.update(S_HAT, None, actions, (actions == 2).float().mean().item())
-    _, probs = agent.act(S_HAT, None, 1, gen)
+    _, probs = act(agent, S_HAT, None, 1, gen)
     assert probs.argmax().item() == 2
     assert probs[2].item() > 0.9 > before[2].item()
 
@@ -68,11 +74,11 @@ def test_regulariser_alone_moves_towards_its_prior(prior, target):
     gen = torch.Generator().manual_seed(0)
     entropies = []
     for _ in range(300):
-        actions, _ = agent.act(S_HAT, None, 8, gen)
+        actions, _ = act(agent, S_HAT, None, 8, gen)
         stats = agent.update(S_HAT, None, actions, 0.0)  # no reward signal: advantage 0
         assert stats["advantage"] == 0.0
         entropies.append(stats["entropy"])
-    _, probs = agent.act(S_HAT, None, 1, gen)
+    _, probs = act(agent, S_HAT, None, 1, gen)
     assert entropies[0] < 1.0  # skewed start
     assert torch.allclose(probs, target, atol=0.01)
 
@@ -125,7 +131,7 @@ def test_the_defaults_of_permrl_0_1_do_not_learn_there():
 def test_masked_groups_are_never_sampled():
     agent = Reinforce(4, seed=1)
     mask = torch.tensor([True, False, True, False])
-    actions, probs = agent.act(S_HAT, mask, 2000, torch.Generator().manual_seed(0))
+    actions, probs = act(agent, S_HAT, mask, 2000, torch.Generator().manual_seed(0))
     assert set(actions.tolist()) == {0, 2}
     assert probs[1].item() == 0.0 and probs[3].item() == 0.0
     stats = agent.update(S_HAT, mask, actions[:8], 0.3)  # finite loss and gradients
@@ -136,7 +142,7 @@ def test_masked_groups_are_never_sampled():
 def test_no_global_rng_use():
     before = torch.get_rng_state()
     agent = Reinforce(4, seed=0)
-    actions, _ = agent.act(S_HAT, None, 10, torch.Generator().manual_seed(0))
+    actions, _ = act(agent, S_HAT, None, 10, torch.Generator().manual_seed(0))
     agent.update(S_HAT, None, actions, 0.5)
     assert torch.equal(torch.get_rng_state(), before)
 
@@ -160,7 +166,7 @@ def test_gamma_zero_update_stats_by_hand():
     gen = torch.Generator().manual_seed(1)
     b = None
     for r in (0.2, -0.1, 0.4):
-        actions, _ = agent.act(S_HAT, None, 6, gen)
+        actions, _ = act(agent, S_HAT, None, 6, gen)
         before = copy.deepcopy(agent.policy)
         stats = agent.update(S_HAT, None, actions, r)
         adv = r - (0.0 if b is None else b)
@@ -182,7 +188,7 @@ def test_normalised_advantages_and_kl_loss_by_hand():
     s2 = 0.9 * 4.5e-6 + 0.1 * 0.0023**2
     expected = [1.0, -0.003 / math.sqrt(4.5e-6), 0.0023 / math.sqrt(s2)]
     for r, adv in zip((0.002, -0.001, 0.004), expected, strict=True):
-        actions, _ = agent.act(S_HAT, None, 6, gen)
+        actions, _ = act(agent, S_HAT, None, 6, gen)
         before = copy.deepcopy(agent.policy)
         stats = agent.update(S_HAT, None, actions, r)
         assert stats["advantage"] == pytest.approx(adv, rel=1e-9)
@@ -202,7 +208,7 @@ def test_gamma_waits_for_the_horizon_and_discounts():
                0.4 + 0.5 * 0.3 + 0.25 * 0.0]
     episodes = []
     for t, r in enumerate(rewards):
-        actions, _ = agent.act(S_HAT, None, 4, gen)
+        actions, _ = act(agent, S_HAT, None, 4, gen)
         episodes.append(actions)
         params = [p.clone() for p in agent.policy.parameters()]
         before = copy.deepcopy(agent.policy)
@@ -227,7 +233,7 @@ def test_state_dict_round_trip_continues_the_same_policy():
     gen = torch.Generator().manual_seed(3)
     mask = torch.tensor([True, True, False, True])
     for r in (0.1, 0.3, -0.1):
-        actions, _ = a.act(S_HAT, mask, 5, gen)
+        actions, _ = act(a, S_HAT, mask, 5, gen)
         a.update(S_HAT, mask, actions, r)
     saved = a.state_dict()
     assert len(saved["pending"]) == 1
@@ -236,9 +242,9 @@ def test_state_dict_round_trip_continues_the_same_policy():
     out = []
     for agent in (a, b):
         g = torch.Generator().manual_seed(5)
-        actions, probs = agent.act(S_HAT, mask, 7, g)
+        actions, probs = act(agent, S_HAT, mask, 7, g)
         stats = agent.update(S_HAT, mask, actions, 0.2)
-        actions2, _ = agent.act(S_HAT, mask, 7, g)
+        actions2, _ = act(agent, S_HAT, mask, 7, g)
         out.append((actions, probs, stats, actions2))
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
     assert out[0][2] == out[1][2] and out[0][2] != {}
