@@ -40,3 +40,17 @@ def test_a_full_disk_at_fsync_leaves_the_old_file(tmp_path, monkeypatch):
         write_atomic(target, "new")
     monkeypatch.setattr(files_module.os, "fsync", os.fsync)
     assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_a_written_file_has_the_mode_the_umask_gives_a_new_file(tmp_path):
+    """Not mkstemp's 0600: a checkpoint on a shared cluster is readable as any file is."""
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.json", "{}")
+        os.umask(0o002)
+        write_atomic(tmp_path / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o664
+
