@@ -2,7 +2,8 @@
 
 Each worker process opens the source again by its spec and fills its chunk of the store
 (memory-mapped images.npy, or one clips/NNNNNN.npy per video); the store is written into
-DIR.partial and renamed when whole.
+DIR.partial and renamed when whole. An interrupted run leaves DIR.partial with the chunks it
+finished (progress.json); running the same command again fills only the missing ones.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 from permrl.data.images import resize_short_side, resize_square
 from permrl.data.sources import open_source
 from permrl.data.video_sources import open_video_source
+from permrl.files import write_atomic
 
 CHUNK = 256  # images per worker task
 
@@ -39,38 +42,67 @@ def _fill(source_spec: str, out: str, size: int, start: int, stop: int) -> list[
     return unreadable
 
 
+def _start_or_resume(partial: Path, plan: dict[str, Any], setup: Any) -> dict[str, list[int]]:
+    """The chunks DIR.partial already holds ({start: unreadable items}) when an interrupted
+    `permrl prepare` with the same source, size, count and chunking left it; otherwise a
+    fresh DIR.partial (`setup(partial)`) and {}."""
+    progress = partial / "progress.json"
+    if progress.is_file():
+        try:
+            state = json.loads(progress.read_text())
+        except ValueError:  # torn by the interruption: start again
+            state = {}
+        if state.get("plan") == plan:
+            return state["done"]
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    setup(partial)
+    return {}
+
+
 def _write_store(out: str | Path, source: Any, source_spec: str, size: int, workers: int,
                  progress: Any, fill: Any, setup: Any) -> tuple[Path, dict[str, Any]]:
     """Fill DIR.partial with `fill` over chunks of the source in `workers` processes (after
-    `setup(partial)`), with readable.npy and labels.npy; returns it and meta.json's content."""
+    `setup(partial)`), with readable.npy and labels.npy; returns it and meta.json's content.
+    Each finished chunk is recorded in DIR.partial/progress.json, so a rerun of an interrupted
+    `permrl prepare` (same source, size and chunking) fills only the chunks still missing."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it or choose another --out")
     partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    setup(partial)
     n = len(source)
-    chunks = [(i, min(n, i + CHUNK)) for i in range(0, n, CHUNK)]
-    unreadable: list[int] = []
+    plan = {"source": source_spec, "size": size, "count": n, "chunk": CHUNK,
+            "kind": setup.__name__}  # what is written: images.npy, or clips
+    done = _start_or_resume(partial, plan, setup)
+    chunks = [(i, min(n, i + CHUNK)) for i in range(0, n, CHUNK) if str(i) not in done]
+    if done:
+        print(f"permrl prepare: resuming {partial}: {len(done)} chunks of {CHUNK} items done, "
+              f"{len(chunks)} to go", file=sys.stderr)
+        if progress is not None:
+            progress(n - sum(b - a for a, b in chunks))
+
+    def finished(a: int, b: int, unreadable: list[int]) -> None:
+        done[str(a)] = unreadable
+        write_atomic(partial / "progress.json", json.dumps({"plan": plan, "done": done}))
+        if progress is not None:
+            progress(b - a)
+
     if workers <= 1:
         for a, b in chunks:
-            unreadable += fill(source_spec, str(partial), size, a, b)
-            if progress is not None:
-                progress(b - a)
+            finished(a, b, fill(source_spec, str(partial), size, a, b))
     else:  # spawned, not forked: a fork of a process with torch's threads can deadlock
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
             futures = [pool.submit(fill, source_spec, str(partial), size, a, b)
                        for a, b in chunks]
             for future, (a, b) in zip(futures, chunks, strict=True):
-                unreadable += future.result()
-                if progress is not None:
-                    progress(b - a)
+                finished(a, b, future.result())
+    unreadable = sorted(i for items in done.values() for i in items)
     readable = np.ones(n, dtype=bool)
     readable[unreadable] = False
     np.save(partial / "readable.npy", readable)
     np.save(partial / "labels.npy", np.asarray(source.labels, dtype=np.int64))
+    (partial / "progress.json").unlink()
     return partial, {"source": source_spec, "size": size, "count": n,
                      "classes": list(source.classes),
                      "unreadable": [source.describe(i) for i in unreadable]}
@@ -123,8 +155,11 @@ def prepare_videos(source_spec: str, out: str | Path, size: int = 128, workers: 
                    progress: Any = None) -> dict[str, Any]:
     """Write the prepared store of a video source (see the module docstring)."""
     source = open_video_source(source_spec)
+    def clips_folder(partial: Path) -> None:
+        (partial / "clips").mkdir()
+
     partial, meta = _write_store(out, source, source_spec, size, workers, progress,
-                                 _fill_videos, lambda partial: (partial / "clips").mkdir())
+                                 _fill_videos, clips_folder)
     meta["frames"] = [int(np.load(partial / "clips" / f"{i:06d}.npy", mmap_mode="r").shape[0])
                       for i in range(len(source))]
     return _finish_store(partial, out, meta)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,43 @@ def test_the_store_holds_the_raw_paths_squares_and_keeps_unreadables_unreadable(
     assert "1 unreadable" in store.notes[0]
     with pytest.raises(FileExistsError, match="exists"):
         prepare_images(spec, tmp_path / "store", size=48)
+
+
+def test_an_interrupted_prepare_resumes_with_the_chunks_it_had(folder, tmp_path, monkeypatch,
+                                                               capsys):
+    """Stopped in its third chunk (of 2 items), the rerun fills only chunk 3: the store equals
+    one written in one go, unreadable items included."""
+    monkeypatch.setattr(prepare, "CHUNK", 2)
+    spec, real, filled = f"folder:{folder}", prepare._fill, []
+
+    def stopped_in_chunk_3(source_spec, out, size, start, stop):
+        if start == 4:
+            raise KeyboardInterrupt
+        filled.append(start)
+        return real(source_spec, out, size, start, stop)
+
+    monkeypatch.setattr(prepare, "_fill", stopped_in_chunk_3)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_images(spec, tmp_path / "store", size=48)
+    assert filled == [0, 2] and (tmp_path / "store.partial/progress.json").is_file()
+    monkeypatch.setattr(prepare, "_fill", lambda *args: (filled.append(args[3]), real(*args))[1])
+    meta = prepare_images(spec, tmp_path / "store", size=48)
+    assert filled == [0, 2, 4] and "resuming" in capsys.readouterr().err
+    prepare_images(spec, tmp_path / "whole", size=48)
+    assert meta == json.loads((tmp_path / "whole/meta.json").read_text())
+    for name in ("images.npy", "readable.npy", "labels.npy"):
+        assert np.array_equal(np.load(tmp_path / "store" / name),
+                              np.load(tmp_path / "whole" / name)), name
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+        "images.npy", "labels.npy", "meta.json", "readable.npy"]
+    # Another size is another store: the partial one is not reused.
+    monkeypatch.setattr(prepare, "_fill", stopped_in_chunk_3)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_images(spec, tmp_path / "other", size=48)
+    filled.clear()
+    monkeypatch.setattr(prepare, "_fill", lambda *args: (filled.append(args[3]), real(*args))[1])
+    prepare_images(spec, tmp_path / "other", size=40)
+    assert filled == [0, 2, 4]
 
 
 def test_puzzles_from_the_store_are_the_raw_paths_puzzles(folder, tmp_path):
