@@ -119,6 +119,16 @@ class Distributed:
         dist.all_reduce(out)
         return out.to(tensor.device)
 
+    def average_gradients(self, module: nn.Module) -> None:
+        """Every gradient of `module` replaced by its mean over the processes, in one
+        all-reduce (what DDP does to the network's; the paired twin is not wrapped in DDP)."""
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        mean = self.sum(torch.cat([g.reshape(-1) for g in grads])) / self.world_size
+        for g, value in zip(grads, mean.split([g.numel() for g in grads]), strict=True):
+            g.copy_(value.view_as(g))
+
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's tensor on every process (same shape and dtype everywhere)."""
         if not self.enabled:

@@ -187,9 +187,6 @@ def start_run(
     ckpt = env.on_main(lambda: load_checkpoint(resume_from) if resume_from else None)
     if ckpt is not None:
         check_resumable(ckpt, cfg, resume_from)
-    if env.enabled and uses_twin(cfg):
-        raise RunError("cycle.reward_baseline=twin runs on one process for now (the twin's "
-                       "gradients are not averaged across processes); use extrapolated")
     if (idle := idle_policy(cfg)) and env.is_main:
         print(f"permrl: warning: {idle}", file=sys.stderr)
     if cfg.train.threads:

@@ -289,7 +289,9 @@ def drawn_parts(
 def twin_step(run: Run, step: int, tiles: dict[str, torch.Tensor],
               batches: dict[str, tuple[dict[str, Any], torch.Tensor]], autocast: Any) -> None:
     """One SGD step of the episode's paired twin (`permrl.policy.twin`): the same parts and
-    dropout masks as the network's step, permutations drawn uniformly over Psi (one process)."""
+    dropout masks as the network's step, permutations drawn uniformly over Psi (for the global
+    batch, each process taking its rows; its gradients averaged over the processes as DDP
+    averages the network's)."""
     parts, targets = {}, {}
     for name, tile in tiles.items():
         gen = torch.Generator().manual_seed(step_seed(run.cfg.seed, step, 20 + TASKS.index(name)))
@@ -303,7 +305,8 @@ def twin_step(run: Run, step: int, tiles: dict[str, torch.Tensor],
             logits = model(parts)
         return ordering_loss(logits, targets, batches, run.env.world_size)
 
-    run.twin.step(loss_of, [g["lr"] for g in run.optimizer.param_groups])
+    run.twin.step(loss_of, [g["lr"] for g in run.optimizer.param_groups],
+                  run.env.average_gradients if run.env.enabled else None)
 
 
 def ordering_loss(
@@ -339,11 +342,11 @@ def policy_step(run: Run, phase: str, done: int) -> dict[str, dict[str, Any]]:
         if not env.on_main(lambda s=sampler: phase == "episode_start" or s.in_episode):
             continue  # (in S&T a task may join in mid-cycle: no episode to end)
         state = run.state_of(name, done)  # s_t: softmax ratios, Eq. 3, 4, 6 on X_val
+        twin = None if run.twin is None or phase != "episode_end" else sharded_state(
+            run.twin.model, name, run.tasks[name].val_parts, run.perms[name], env)
         if not env.is_main:
             continue
         if phase == "episode_end":
-            twin = None if run.twin is None else sharded_state(
-                run.twin.model, name, run.tasks[name].val_parts, run.perms[name], env)
             r = sampler.reward(done, state, twin)  # Eq. 7: E_BL - E_{t+1} (or the twin's)
             episode = sampler.episode_record(done, state, twin)
             if r is not None:

@@ -64,14 +64,14 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=240)
 
 
-def episodes(run_dir) -> list[dict]:
+def episodes(run_dir, keys: tuple[str, ...] = ("group_sizes", "chosen_groups",
+                                                 "chosen_quartiles", "episode")) -> list[dict]:
     """The policy's decisions per episode (what rank 0 logged), without float noise."""
     out = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
         if "episode" in r:
-            out.append({k: r[k] for k in ("step", "task", "group_sizes", "chosen_groups",
-                                          "chosen_quartiles", "episode")})
+            out.append({k: r.get(k) for k in ("step", "task", *keys)})
     return out
 
 
@@ -91,11 +91,16 @@ def assert_same_policy(a: dict, b: dict) -> None:
         np.testing.assert_allclose([e for _, e in sa["errors"]], [e for _, e in sb["errors"]])
 
 
+TWIN = ["policy=reinforce", "cycle.reward_baseline=twin", "cycle.reward_metric=cross_entropy"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["reinforce", "exp3", "hardness"])
+@pytest.mark.parametrize("policy", [["policy=reinforce"], ["policy=exp3"], ["policy=hardness"],
+                                    TWIN], ids=["reinforce", "exp3", "hardness", "twin"])
 def test_two_processes_equal_one_and_resume_on_one(tmp_path, policy):
+    """The paired twin too: its gradients averaged over the processes, its state sharded."""
     one, two = tmp_path / "one", tmp_path / "two"
-    overrides = [*OVERRIDES, f"policy={policy}"]
+    overrides = [*OVERRIDES, *policy]
     cfg = load_config(overrides=[*overrides, "train.steps=9"])
     train(cfg, one, progress=False)  # one process, 9 steps, checkpoints at 3, 6, 9
 
@@ -110,6 +115,11 @@ def test_two_processes_equal_one_and_resume_on_one(tmp_path, policy):
     assert_same_weights(ckpt_one["model"], ckpt_two["model"])
     assert_same_policy(ckpt_one, ckpt_two)
     assert episodes(two) == [e for e in episodes(one) if e["step"] <= 6]
+    rewards_two = [e.get("reward") for e in episodes(two, keys=("reward",))]
+    assert rewards_two == pytest.approx([e.get("reward") for e in episodes(
+        one, keys=("reward",)) if e["step"] <= 6], abs=1e-9)
+    if policy == TWIN:
+        assert sum(r is not None for r in rewards_two) == 4  # 2 episodes x 2 tasks
 
     # The 2-process checkpoint continues on one process, to the same end as the 1-process run.
     train(cfg, two, resume=True, progress=False)

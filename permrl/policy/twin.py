@@ -39,15 +39,20 @@ class PairedTwin:
         self.optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         self.skipped = 0  # twin steps refused for a non-finite loss or gradient
 
-    def step(self, loss_of: Callable[[nn.Module], torch.Tensor], lrs: list[float]) -> None:
+    def step(self, loss_of: Callable[[nn.Module], torch.Tensor], lrs: list[float],
+             average_gradients: Callable[[nn.Module], None] | None = None) -> None:
         """One SGD step of the twin at the network's learning rates `lrs` (one per parameter
-        group); `loss_of(model)` is the step's loss of the twin's uniform draws. A non-finite
-        step is skipped (the network's own guard decides for the network)."""
+        group); `loss_of(model)` is the step's loss of the twin's uniform draws;
+        `average_gradients(model)`, under torchrun, averages its gradients over the processes
+        (as DDP does the network's). A non-finite step is skipped (the network's own guard
+        decides for the network)."""
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         loss = loss_of(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if average_gradients is not None:
+            average_gradients(self.model)
         if bool(all_finite(loss, self.model)):
             self.optimizer.step()
         else:
