@@ -28,7 +28,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from permrl.evaluate.knn import evaluate_knn
 from permrl.models.heads import OrderingNet
 from permrl.models.trunk import CaffeNetBN
 from permrl.policy.cycle import Cycle
+from permrl.policy.samplers import CycleSampler
 from permrl.policy.state import sharded_state
 from permrl.policy.twin import PairedTwin
 from permrl.run import Run, RunResult, start_run, uses_twin
@@ -338,7 +339,7 @@ def policy_step(run: Run, phase: str, done: int) -> dict[str, dict[str, Any]]:
     """
     env, finished = run.env, {}
     for name in active_tasks(run.cfg, done - 1):  # the tasks of the step just trained
-        sampler = run.tasks[name].sampler
+        sampler = cast(CycleSampler, run.tasks[name].sampler)  # (uniform has no cycle)
         if not env.on_main(lambda s=sampler: phase == "episode_start" or s.in_episode):
             continue  # (in S&T a task may join in mid-cycle: no episode to end)
         state = run.state_of(name, done)  # s_t: softmax ratios, Eq. 3, 4, 6 on X_val

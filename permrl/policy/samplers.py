@@ -30,6 +30,10 @@ from permrl.policy.state import NetworkState
 
 
 class PermutationSampler(Protocol):
+    """What the loop asks every sampler: a permutation per sample, and is an episode running."""
+
+    in_episode: bool
+
     def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """(batch_size,) int64 indices into Psi."""
         ...
@@ -37,6 +41,29 @@ class PermutationSampler(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class CycleSampler(PermutationSampler, Protocol):
+    """A sampler that runs the cycle of Sect. 3.2 (`GroupSampler`, `HardestShareSampler`), in
+    the order `permrl.train.policy_step` calls it; `iteration` counts SGD iterations done."""
+
+    updates: int  # the episodes it learnt from (the "episode" of its log records)
+
+    def record(self, perms: torch.Tensor) -> None: ...  # what an episode batch trained on
+
+    def begin_episode(self) -> None: ...
+
+    def reward(self, iteration: int, state: NetworkState,
+               twin: NetworkState | None = None) -> float | None: ...  # Eq. 7
+
+    def episode_record(self, iteration: int, state: NetworkState,
+                       twin: NetworkState | None = None) -> dict[str, Any]: ...
+
+    def update(self, r: float) -> dict[str, Any]: ...  # Eq. 9
+
+    def end_episode(self) -> None: ...
+
+    def regroup(self, iteration: int, state: NetworkState) -> None: ...  # Eq. 10
 
 
 class UniformSampler:
@@ -346,6 +373,9 @@ class HardestShareSampler:
     def reward(self, iteration: int, state: NetworkState,
                twin: NetworkState | None = None) -> float | None:
         return None  # nothing is learnt
+
+    def update(self, r: float) -> dict[str, Any]:
+        return {}  # (never called: there is no reward)
 
     def end_episode(self) -> None:
         self.episode = None
