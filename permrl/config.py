@@ -115,7 +115,6 @@ def check_keys(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{name}: must be {allowed(meta)}, got {value}")
 
 
-
 @dataclass
 class DataConfig:
     images: str = key("demo", "image source for the spatial task, \"KIND:PATH\" (docs/data.md)")

@@ -150,6 +150,7 @@ def compute_state(
     preset, 32 s vs 50 s at `paper`, |Psi| = 1000, |X_val| = 100, 2 cores).
     """
     device = _device_of(model, device)
+    permutations = permutations.long().to(device)  # once, not per sample chunk
     empty = torch.empty(permutations.shape[0], 0)  # a process with no share of X_val
     chunks = [(empty, empty.long(), empty)]
     was_training = model.training
