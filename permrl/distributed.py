@@ -99,6 +99,14 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
+    def barrier(self) -> None:
+        """Wait for every process (nothing for one process). After a run that ended normally on
+        all of them: a peer that tears its connections down while another is still in its last
+        collective can abort that one at exit (gloo, seen once under load as "terminate called
+        without an active exception")."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+
     def device_for(self, device: torch.device) -> torch.device:
         """One GPU per process: cuda -> cuda:LOCAL_RANK, or the only GPU this process sees
         (a launcher that gives each task its own, e.g. SLURM --gpus-per-task=1)."""

@@ -124,8 +124,10 @@ def train(
     new_dir = not run_dir.exists()
     env.start(device)
     try:
-        return train_processes(cfg, run_dir, env, device, resume=resume, force=force,
-                               progress=progress, stop_at=stop_at, init_from=init_from)
+        result = train_processes(cfg, run_dir, env, device, resume=resume, force=force,
+                                 progress=progress, stop_at=stop_at, init_from=init_from)
+        env.barrier()  # every process done with its collectives before any tears the group down
+        return result
     except BaseException:
         if new_dir and env.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that failed before writing anything leaves no folder
