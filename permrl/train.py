@@ -55,11 +55,7 @@ from permrl.policy.samplers import CycleSampler
 from permrl.policy.state import sharded_state
 from permrl.policy.twin import PairedTwin
 from permrl.run import Run, RunResult, start_run, uses_twin
-from permrl.run_dir import (
-    GracefulStop,
-    RunError,
-    last_validation,
-)
+from permrl.run_dir import GracefulStop, RunError, last_validation
 from permrl.tasks import (
     check_bad_fraction,
     no_parts,
